@@ -1,0 +1,140 @@
+"""The ``vaekit`` command: train | validate | presets.
+
+Imports torch only inside the commands that need it, so ``vaekit --help`` answers at once. Errors a user can fix
+(config, data, missing weights) are one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  vaekit train                                   # conv β-VAE on the built-in shapes data, a few minutes on CPU
+  vaekit train cfg.yaml train.epochs=5 optim.lr=3e-4
+  vaekit train --preset beta-vae data.source=mnist data.path=DIR
+  vaekit train --resume runs/shapes-conv-20260101-120000
+  vaekit validate cfg.yaml                       # check and summarise without training
+"""
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """First positional is a config file unless it looks like an override (contains '=')."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaekit",
+        description="Train variational autoencoders on images, video, audio and tables.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    p_train = sub.add_parser("train", help="train a model (defaults: conv β-VAE on procedural shapes)")
+    p_train.add_argument("args", nargs="*", metavar="[CONFIG] [key.path=value ...]")
+    p_train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p_train.add_argument("--preset", help="start from a named preset (see `vaekit presets`)")
+
+    p_val = sub.add_parser("validate", help="check a config and print what it would train, without training")
+    p_val.add_argument("args", nargs="*", metavar="[CONFIG] [key.path=value ...]")
+    p_val.add_argument("--preset", help="start from a named preset")
+    p_val.add_argument("--no-data", action="store_true", help="do not read the data (no sizes, no parameter count)")
+
+    sub.add_parser("presets", help="list the named presets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from vaekit import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("vaekit: interrupted; resume with `vaekit train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    except Exception as err:  # user-fixable problems become one line; everything else is a real bug
+        line = _user_error(err)
+        if line is None:
+            raise
+        print(f"vaekit: {line}", file=sys.stderr)
+        return 3 if type(err).__name__ == "NonFiniteLossError" else 2
+
+
+def _user_error(err: Exception) -> str | None:
+    kind = type(err).__name__
+    if kind == "ConfigError":
+        return f"config error: {err}"
+    if kind in ("DataError", "MissingWeightsError"):
+        return f"{'data' if kind == 'DataError' else 'weights'} error: {err}"
+    if kind == "NonFiniteLossError":
+        return f"stopped: {err}"
+    return None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "presets":
+        from vaekit.config.load import list_presets
+
+        for name, text in list_presets().items():
+            print(f"{name:15s} {text}")
+        return 0
+
+    config, overrides = _split_args(args.args)
+    if args.command == "validate":
+        from vaekit.config.load import load_config
+        from vaekit.config.summary import summarize
+
+        cfg = load_config(config, overrides, preset=args.preset)
+        _check_weights(cfg)
+        print(summarize(cfg, build=not args.no_data))
+        print("config OK")
+        return 0
+
+    # train
+    import vaekit.engine.api as api
+    from vaekit.config.load import load_config, resolve_dict
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.resume:
+        if config is not None:
+            overrides = [config, *overrides] if "=" in config else overrides
+        result = api.train(resume=args.resume, overrides=overrides)
+    else:
+        cfg = load_config(resolve_dict(config, overrides, preset=args.preset))
+        _check_weights(cfg)
+        result = api.train(cfg)
+    if _is_main():
+        print(Path(result.run_dir))
+    return 0
+
+
+def _check_weights(cfg) -> None:  # noqa: ANN001
+    """Pretrained perceptual weights must be on disk before any training starts."""
+    from vaekit.objectives.perceptual import check_perceptual_weights
+    from vaekit.pipeline.stages import resolve_stages
+
+    for stage in resolve_stages(cfg):
+        check_perceptual_weights(stage.cfg.loss.perceptual)
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

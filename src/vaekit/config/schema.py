@@ -1,0 +1,305 @@
+"""The typed run configuration: one pydantic model per section, unknown keys rejected.
+
+Every field here is public interface: YAML files, dotted CLI overrides (``train.batch_size=32``) and the
+Python API all address the same names. Cross-field checks live in ``model_validator``s and name the key to change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every section: strict keys, validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- run
+class RunConfig(Section):
+    name: str | None = None
+    """Run name; the run directory is ``{dir}/{name}``. Default: ``{data.source}-{model.arch}-{timestamp}``."""
+    dir: str = "runs"
+    seed: int = 0
+    overwrite: bool = False
+    """Reuse ``{dir}/{name}`` if it exists (its checkpoints are deleted). Default: refuse, suggest --resume."""
+
+
+# -------------------------------------------------------------------------------------------- data
+DataSource = Literal["shapes", "mnist", "image_folder", "moving_shapes", "tensor"]
+
+
+class DataConfig(Section):
+    source: DataSource = "shapes"
+    path: str | None = None
+    """Directory (mnist: the IDX .gz files; image_folder: the image tree)."""
+    image_size: int | None = None
+    """Images/frames are resized (short side) and cropped to this square size. Default: the source's native size."""
+    channels: int | None = None
+    """1 (grayscale) or 3 (RGB). Default: the source's own."""
+    crop: Literal["center", "random"] = "center"
+    flip: bool = False
+    """Random horizontal flip (training only)."""
+    frames: int = 8
+    """Frames per clip for video sources."""
+    num_samples: int | None = None
+    """Procedural sources: how many samples to generate; other sources: use only the first N (debugging)."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Held-out fraction for sources without their own validation split."""
+    in_memory: Literal["auto", "always", "never"] = "auto"
+    """auto: decode into one tensor when the data set is under ``max_memory_mb``; else stream through workers."""
+    max_memory_mb: int = 2048
+    num_workers: int = 0
+    on_error: Literal["raise", "skip"] = "raise"
+    """A corrupt or unreadable file: stop with its name, or skip it and count it in the log."""
+
+
+# ------------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    arch: Literal["conv", "mlp"] = "conv"
+    """conv: convolutional VAE, 1D/2D/3D chosen from the data (audio/images/video); mlp: flat inputs."""
+    latent_dim: int = Field(10, ge=1)
+    """Vector latent size, or channels per position with ``latent: spatial``."""
+    latent: Literal["vector", "spatial"] = "vector"
+    """vector: a flat z (classic VAE); spatial: a fully-convolutional z map (LDM-style, any input size)."""
+    hidden_dims: list[int] = Field(default_factory=lambda: [32, 32, 64, 64])
+    """Channels per down-sampling stage (conv) or hidden layer widths (mlp)."""
+    norm: Literal["batch", "group", "none"] = "batch"
+    activation: Literal["relu", "leaky_relu", "silu", "gelu", "elu"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    temporal_downsample: int = Field(0, ge=0)
+    """Video: how many of the down-sampling stages also halve time (the rest keep T)."""
+    gaussian_logvar: Literal["scalar", "pixel"] = "scalar"
+    """With ``loss.recon: gaussian``: one learned log-variance, or one per output element (decoder head)."""
+    grad_checkpointing: bool = False
+
+    @field_validator("hidden_dims")
+    @classmethod
+    def _nonempty(cls, v: list[int]) -> list[int]:
+        if not v or any(d < 1 for d in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+
+# ------------------------------------------------------------------------------------------ loss
+class KLConfig(Section):
+    schedule: Literal["constant", "linear", "cyclical", "capacity"] = "constant"
+    """constant: β; linear: 0→β over warmup_steps; cyclical: linear ramps repeated every cycle_steps
+    (ramp over ``ratio`` of each cycle); capacity: γ·|KL − C(step)|, C rising linearly to capacity_max."""
+    warmup_steps: int = Field(0, ge=0)
+    cycle_steps: int = Field(1000, ge=1)
+    ratio: float = Field(0.5, gt=0.0, le=1.0)
+    capacity_max: float = Field(25.0, ge=0.0)
+    """nats."""
+    capacity_steps: int = Field(10000, ge=1)
+    gamma: float = Field(1000.0, ge=0.0)
+    free_bits: float = Field(0.0, ge=0.0)
+    """Minimum KL per latent dimension in nats (batch mean), Kingma et al. 2016."""
+
+
+class DenoiseConfig(Section):
+    noise_std: float = Field(0.0, ge=0.0)
+    """Gaussian noise added to training inputs (targets stay clean)."""
+    mask_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    """Fraction of input elements zeroed during training."""
+
+
+class PerceptualConfig(Section):
+    kind: Literal["none", "vgg", "lpips"] = "none"
+    net: Literal["vgg", "alex", "squeeze"] = "vgg"
+    """LPIPS backbone."""
+    weight: float = Field(1.0, ge=0.0)
+    frames: int = Field(4, ge=1)
+    """Video: frames sampled per clip for the perceptual term."""
+    weights_path: str | None = None
+    """Local file with the backbone's pretrained weights (else the torch hub cache)."""
+    pretrained: bool = True
+    """False: random backbone (tests only; the loss is then meaningless)."""
+
+
+class SpectralConfig(Section):
+    weight: float = Field(0.0, ge=0.0)
+    fft_sizes: list[int] = Field(default_factory=lambda: [1024, 2048, 512])
+    hop_sizes: list[int] = Field(default_factory=lambda: [120, 240, 50])
+    win_lengths: list[int] = Field(default_factory=lambda: [600, 1200, 240])
+    w_sc: float = 1.0
+    w_log_mag: float = 1.0
+    w_lin_mag: float = 0.0
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> SpectralConfig:
+        if not (len(self.fft_sizes) == len(self.hop_sizes) == len(self.win_lengths)):
+            raise ValueError("fft_sizes, hop_sizes and win_lengths must have the same length")
+        return self
+
+
+class DiscriminatorConfig(Section):
+    channels: int = Field(64, ge=1)
+    layers: int = Field(3, ge=1)
+    norm: Literal["batch", "group", "none"] = "batch"
+
+
+class AdversarialConfig(Section):
+    weight: float = Field(0.0, ge=0.0)
+    """0 disables the discriminator entirely."""
+    loss: Literal["hinge", "non_saturating"] = "hinge"
+    start_step: int = Field(0, ge=0)
+    """Gates both the generator's adversarial term and the discriminator's updates."""
+    adaptive: bool = True
+    """Scale the generator term by ‖∇nll‖/‖∇g‖ at the decoder's last layer (latent-diffusion)."""
+    adaptive_eps: float = 1e-4
+    adaptive_max: float = 1e4
+    r1_weight: float = Field(0.0, ge=0.0)
+    r1_every: int = Field(1, ge=1)
+    feature_matching: float = Field(0.0, ge=0.0)
+    disc_weight: float = Field(1.0, ge=0.0)
+    """Weight of the discriminator's own loss."""
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+
+
+ReconKind = Literal["mse", "l1", "bce", "gaussian"]
+
+
+class LossConfig(Section):
+    recon: ReconKind = "bce"
+    """mse/l1: summed error; bce: Bernoulli on logits (binary or multi-hot targets); gaussian: learned variance."""
+    recon_weight: float = Field(1.0, ge=0.0)
+    beta: float = Field(1.0, ge=0.0)
+    kl: KLConfig = Field(default_factory=KLConfig)
+    denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
+    perceptual: PerceptualConfig = Field(default_factory=PerceptualConfig)
+    spectral: SpectralConfig = Field(default_factory=SpectralConfig)
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+
+
+# ----------------------------------------------------------------------------------------- optim
+OptimName = Literal["adam", "adamw", "sgd", "rmsprop"]
+SchedulerName = Literal["none", "cosine", "cosine_restarts", "step", "exponential", "plateau"]
+
+
+class SchedulerConfig(Section):
+    name: SchedulerName = "none"
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from lr·warmup_start_factor to lr over this many optimizer steps."""
+    warmup_start_factor: float = Field(0.01, gt=0.0, le=1.0)
+    min_lr: float = Field(0.0, ge=0.0)
+    """cosine / cosine_restarts floor."""
+    t_0: int = Field(1000, ge=1)
+    """cosine_restarts: steps of the first cycle."""
+    t_mult: int = Field(1, ge=1)
+    step_size: int = Field(1000, ge=1)
+    """step: decay every this many optimizer steps."""
+    gamma: float = Field(0.5, gt=0.0, le=1.0)
+    """step/exponential: decay factor (exponential: per optimizer step)."""
+    factor: float = Field(0.5, gt=0.0, lt=1.0)
+    """plateau: lr ×factor after ``patience`` validations without improvement of the validation total."""
+    patience: int = Field(3, ge=0)
+
+
+class OptimConfig(Section):
+    name: OptimName = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.0, ge=0.0)
+    eps: float = Field(1e-8, gt=0.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
+    group_lr: dict[str, float] = Field(default_factory=dict)
+    """Per-module-group learning rates, e.g. ``{encoder: 1e-4}`` (groups: encoder, decoder)."""
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+
+
+# ----------------------------------------------------------------------------------------- train
+class EMAConfig(Section):
+    enabled: bool = False
+    decay: float = Field(0.999, gt=0.0, lt=1.0)
+    start_step: int = Field(0, ge=0)
+    every: int = Field(1, ge=1)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=0)
+    max_steps: int | None = Field(None, ge=0)
+    """Stop after this many optimizer steps (wins over epochs when both are set)."""
+    batch_size: int = Field(64, ge=1)
+    """Global batch per forward pass, summed over processes (each of N processes gets batch_size/N)."""
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    drop_last: bool = True
+    val_every: int | None = Field(None, ge=1)
+    """Validate every N optimizer steps. Default: at the end of every epoch."""
+    val_batches: int | None = Field(None, ge=1)
+    """Limit validation to this many batches."""
+    ckpt_every: int | None = Field(None, ge=1)
+    """Checkpoint every N optimizer steps (also at every epoch end and at the end of the run)."""
+    keep_last: int = Field(2, ge=1)
+    nan_policy: Literal["stop", "skip"] = "stop"
+    """A non-finite loss: stop (naming step and term, last checkpoint kept) or skip the batch (counted)."""
+    ema: EMAConfig = Field(default_factory=EMAConfig)
+    compile: bool = False
+    """torch.compile the autoencoder (CUDA)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms (slower on GPU)."""
+
+
+# ------------------------------------------------------------------------------------------- log
+class LogConfig(Section):
+    every: int = Field(50, ge=1)
+    """Log training metrics every N optimizer steps."""
+    progress: bool = True
+    tensorboard: bool = True
+    jsonl: bool = True
+    samples: bool = True
+    """Write input/reconstruction grids and prior samples at each validation."""
+    num_samples: int = Field(16, ge=1)
+    plots: bool = True
+    wandb: bool = False
+    mlflow: bool = False
+
+
+# ---------------------------------------------------------------------------------------- stages
+class StageConfig(BaseModel):
+    """One phase of a pipeline. Any top-level section may be overridden (``data``, ``loss``, ``optim``, …)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
+    metric: str | None = None
+    """End the stage when this smoothed metric crosses ``threshold`` (e.g. ``train/recon``)."""
+    threshold: float | None = None
+    mode: Literal["below", "above"] = "below"
+    plateau_window: int | None = Field(None, ge=2)
+    plateau_threshold: float | None = Field(None, gt=0.0)
+    max_epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    freeze: list[str] = Field(default_factory=list)
+    unfreeze: list[str] = Field(default_factory=list)
+    init_from: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    loss: dict[str, Any] = Field(default_factory=dict)
+    optim: dict[str, Any] = Field(default_factory=dict)
+    disc_optim: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    log: dict[str, Any] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- all
+class VaekitConfig(Section):
+    preset: str | None = None
+    """The preset this config started from (informational; applied at load time)."""
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    disc_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-4, betas=(0.5, 0.9)))
+    """The discriminator's optimizer (used when ``loss.adversarial.weight > 0``)."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    stage_defaults: dict[str, Any] = Field(default_factory=dict)
+    stages: list[StageConfig] = Field(default_factory=list)

@@ -1,0 +1,77 @@
+"""Data sources and batching: `build_data(cfg, seed)` → `DataBundle(train, val, info)`; `BatchLoader` batches.
+
+One module per source: `shapes` (procedural dSprites-style), `mnist` (IDX files), `images` (image folders),
+`video` (procedural moving shapes; a PyAV clip reader), `tensors` (arrays from Python). See docs/design.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vaekit.config.schema import DataConfig
+from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, FileSource, Source, split_indices
+from vaekit.data.images import build_image_folder
+from vaekit.data.loader import BatchLoader
+from vaekit.data.mnist import build_mnist
+from vaekit.data.shapes import build_shapes, make_shapes
+from vaekit.data.tensors import from_arrays
+from vaekit.data.video import build_moving_shapes, make_moving_shapes, read_video_clips
+
+__all__ = [
+    "ArraySource",
+    "BatchLoader",
+    "DataBundle",
+    "DataError",
+    "DataInfo",
+    "FileSource",
+    "Source",
+    "build_data",
+    "from_arrays",
+    "make_moving_shapes",
+    "make_shapes",
+    "read_video_clips",
+    "split_indices",
+]
+
+_BUILDERS = {
+    "shapes": build_shapes,
+    "mnist": build_mnist,
+    "image_folder": build_image_folder,
+    "moving_shapes": build_moving_shapes,
+}
+
+
+def build_data(cfg: DataConfig, seed: int, arrays: dict[str, Any] | None = None) -> DataBundle:
+    """Build the train and validation sources that ``cfg.source`` names.
+
+    Args:
+        cfg: the ``data`` section.
+        seed: the run seed (procedural generation, train/val splits, augmentation).
+        arrays: for ``data.source=tensor`` only: ``{"x": ..., "y": ..., "val_x": ..., "val_y": ...}``
+            (``x`` required; see `from_arrays`).
+
+    Raises:
+        ValueError: a setting is missing or inconsistent (the message names the key).
+        DataError: a file is missing, corrupt or unreadable (the message names the file).
+    """
+    if cfg.source == "tensor":
+        if not arrays or arrays.get("x") is None:
+            raise ValueError(
+                "data.source=tensor: needs arrays from the Python API: arrays={'x': x} "
+                "(optionally 'y', 'val_x', 'val_y'); there is no file path for this source"
+            )
+        unknown = set(arrays) - {"x", "y", "val_x", "val_y"}
+        if unknown:
+            raise ValueError(f"arrays: unknown keys {sorted(unknown)} (expected x, y, val_x, val_y)")
+        return from_arrays(
+            arrays["x"],
+            arrays.get("y"),
+            val_fraction=cfg.val_fraction,
+            seed=seed,
+            val_x=arrays.get("val_x"),
+            val_y=arrays.get("val_y"),
+            num_samples=cfg.num_samples,
+        )
+    if arrays is not None:
+        raise ValueError(f"arrays: only used with data.source=tensor (data.source is {cfg.source})")
+    return _BUILDERS[cfg.source](cfg, seed)

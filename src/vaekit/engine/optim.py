@@ -1,0 +1,106 @@
+"""Optimizers and learning-rate schedules, built from ``OptimConfig``; every schedule steps once per optimizer step.
+
+The schedulers are torch's own; ``Schedule`` adds the linear warm-up in front of any of them (also of
+reduce-on-plateau, which ``SequentialLR`` cannot chain) and gives one ``state_dict`` for checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaekit.config.schema import OptimConfig, SchedulerConfig
+
+
+def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """An optimizer over named parameter groups (``encoder``, ``decoder``, …); ``cfg.group_lr`` overrides lr."""
+    param_groups = [
+        {"params": params, "lr": cfg.group_lr.get(name, cfg.lr), "name": name}
+        for name, params in groups.items()
+        if params
+    ]
+    if not param_groups:
+        raise ValueError("no trainable parameters for this optimizer")
+    if cfg.name == "adam":
+        return torch.optim.Adam(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(
+            param_groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
+    raise ValueError(f"optim.name: unknown optimizer {cfg.name!r}")
+
+
+class Schedule:
+    """A learning-rate schedule with optional linear warm-up. ``step()`` once per optimizer step;
+    ``step_metric(value)`` after each validation (only reduce-on-plateau uses it)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int | None):
+        self.optimizer = optimizer
+        self.cfg = cfg
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.steps = 0
+        self.inner = _build_inner(optimizer, cfg, total_steps)
+        if cfg.warmup_steps > 0:
+            self._set_warmup_lr()
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.steps < self.cfg.warmup_steps
+
+    def _set_warmup_lr(self) -> None:
+        start = self.cfg.warmup_start_factor
+        frac = start + (1.0 - start) * self.steps / self.cfg.warmup_steps
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * frac
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.in_warmup:
+            self._set_warmup_lr()
+            return
+        if self.steps == self.cfg.warmup_steps and self.cfg.warmup_steps > 0:
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                group["lr"] = base
+            return
+        if self.inner is not None and not isinstance(self.inner, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.inner.step()
+
+    def step_metric(self, value: float) -> None:
+        if isinstance(self.inner, torch.optim.lr_scheduler.ReduceLROnPlateau) and not self.in_warmup:
+            self.inner.step(value)
+
+    def get_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "inner": self.inner.state_dict() if self.inner is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        if self.inner is not None and state["inner"] is not None:
+            self.inner.load_state_dict(state["inner"])
+
+
+def _build_inner(opt: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int | None) -> Any:
+    sched = torch.optim.lr_scheduler
+    if cfg.name == "none":
+        return None
+    if cfg.name == "cosine":
+        if total_steps is None:
+            raise ValueError("optim.scheduler.name=cosine needs a known length (epochs or steps)")
+        return sched.CosineAnnealingLR(opt, T_max=max(1, total_steps - cfg.warmup_steps), eta_min=cfg.min_lr)
+    if cfg.name == "cosine_restarts":
+        return sched.CosineAnnealingWarmRestarts(opt, T_0=cfg.t_0, T_mult=cfg.t_mult, eta_min=cfg.min_lr)
+    if cfg.name == "step":
+        return sched.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "exponential":
+        return sched.ExponentialLR(opt, gamma=cfg.gamma)
+    if cfg.name == "plateau":
+        return sched.ReduceLROnPlateau(opt, mode="min", factor=cfg.factor, patience=cfg.patience)
+    raise ValueError(f"optim.scheduler.name: unknown scheduler {cfg.name!r}")

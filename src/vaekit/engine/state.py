@@ -1,0 +1,119 @@
+"""Training state that must survive a restart, and on-device meters that keep the step free of host syncs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TrainState:
+    """Where the run is. Saved in every checkpoint's ``state.json``; resume continues from exactly here."""
+
+    step: int = 0
+    """Optimizer steps done in the whole run."""
+    stage_index: int = 0
+    stage_name: str = ""
+    stage_step: int = 0
+    """Optimizer steps done in the current stage."""
+    epoch: int = 0
+    """Epoch within the current stage (0-based: the epoch in progress)."""
+    batch_in_epoch: int = 0
+    """Global batches of the current epoch already consumed."""
+    stage_done: bool = False
+    frozen: list[str] = field(default_factory=list)
+    skipped_batches: int = 0
+    """Non-finite batches skipped (``train.nan_policy: skip``)."""
+    clock: dict[str, Any] = field(default_factory=dict)
+    epoch_meter: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Per-epoch (and end-of-stage) train/val records of the whole run."""
+    elapsed: float = 0.0
+    """Training wall time before this process started (seconds)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class Meter:
+    """Sums of loss terms kept on the device; read (one host sync, reduced over processes) only when logging.
+
+    Terms arrive as one stacked vector per step (one add, whatever the number of terms); they are grouped by
+    their key tuple because the set of terms can change (the discriminator's terms start at its start step).
+    """
+
+    def __init__(self) -> None:
+        self.buckets: dict[tuple[str, ...], list] = {}  # keys → [sum vector, count]
+
+    def add(self, keys: tuple[str, ...], values: torch.Tensor, count: float = 1.0) -> None:
+        bucket = self.buckets.get(keys)
+        if bucket is None:
+            self.buckets[keys] = [values.detach().float() * count, count]
+        else:
+            bucket[0] = bucket[0] + values.detach().float() * count
+            bucket[1] += count
+
+    def __bool__(self) -> bool:
+        return bool(self.buckets)
+
+    def _flat(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        names, sums, counts = [], [], []
+        for keys, (vec, n) in self.buckets.items():
+            names.extend(keys)
+            sums.append(vec)
+            counts.append(torch.full_like(vec, n))
+        return names, torch.cat(sums), torch.cat(counts)
+
+    def means(self, reduce: Any = None) -> dict[str, float]:
+        """Averages per term; ``reduce`` (``accelerator.reduce``) sums over processes first. One host sync."""
+        if not self.buckets:
+            return {}
+        names, sums, counts = self._flat()
+        if reduce is not None:
+            sums, counts = reduce(sums, reduction="sum"), reduce(counts, reduction="sum")
+        out: dict[str, list[float]] = {}
+        for name, s, n in zip(names, sums.tolist(), counts.tolist(), strict=True):
+            acc = out.setdefault(name, [0.0, 0.0])
+            acc[0] += s
+            acc[1] += n
+        return {k: s / n for k, (s, n) in out.items() if n > 0}
+
+    def reset(self) -> None:
+        self.buckets.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buckets": [[list(k), v.tolist(), n] for k, (v, n) in self.buckets.items()]}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.buckets = {
+            tuple(k): [torch.tensor(v, device=device), n] for k, v, n in state.get("buckets", [])
+        }
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss terms were not finite and which terms they were."""
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.flags: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def observe(self, step: int, keys: tuple[str, ...], values: torch.Tensor) -> None:
+        bad = ~torch.isfinite(values.detach())
+        new = (self.first < 0) & bad.any()
+        self.first = torch.where(new, step, self.first)
+        flags = self.flags.get(keys)
+        self.flags[keys] = (new & bad) if flags is None else (flags | (new & bad))
+
+    def first_bad(self) -> tuple[int, list[str]] | None:
+        """(step, names of the non-finite terms) of the first bad step, or None. Syncs with the host."""
+        step = int(self.first.item())
+        if step < 0:
+            return None
+        names = [n for keys, f in self.flags.items() for n, b in zip(keys, f.tolist(), strict=True) if b]
+        return step, sorted(set(names))

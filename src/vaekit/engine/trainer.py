@@ -1,0 +1,734 @@
+"""The training loop: stages → epochs → optimizer steps, each step a short list of updates.
+
+One optimizer step (``train_step``):
+  generator update — for each micro-batch: corrupt input (denoising), forward once, objective, backward (DDP
+  gradient sync only on the last micro-batch); keep the detached reconstruction; clip; step; schedule.
+  discriminator update (when active) — on those detached reconstructions of the same micro-batches; clip; step.
+Then the periodic blocks run in order: log → validate (+ samples) → checkpoint. Host syncs happen only there.
+
+Wrapping order (applied from outside, the model code knows nothing of it): freeze → DDP → torch.compile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vaekit.config.load import ConfigError, dump_config
+from vaekit.config.schema import VaekitConfig
+from vaekit.data import BatchLoader, DataBundle, build_data
+from vaekit.engine import checkpoint as ckpt
+from vaekit.engine.ema import EMA
+from vaekit.engine.optim import Schedule, build_optimizer
+from vaekit.engine.state import Meter, NonFiniteWatch, TrainState
+from vaekit.models import build_discriminator, build_model, count_parameters
+from vaekit.objectives import DiscriminatorObjective, VAEObjective, corrupt, likelihood_mean
+from vaekit.pipeline.stages import Stage, StageClock, resolve_stages
+from vaekit.tracking.media import recon_grid, sample_grid
+from vaekit.tracking.plots import plot_curves
+from vaekit.tracking.tracker import Console, Tracker
+from vaekit.utils import set_seed
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN/Inf; the last good checkpoint is left intact."""
+
+
+@dataclass
+class Update:
+    """One update of a step: the modules it trains, their optimizer/schedule, and how often it runs."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    params: list[nn.Parameter]
+    grad_clip: float | None
+    start_step: int = 0
+
+    def active(self, step: int) -> bool:
+        return step >= self.start_step
+
+
+@dataclass
+class StageRuntime:
+    """Everything built for one stage; rebuilt at each stage start (weights carry over)."""
+
+    stage: Stage
+    data: DataBundle
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    objective: VAEObjective
+    d_objective: DiscriminatorObjective | None
+    generator: Update
+    discriminator: Update | None
+    clock: StageClock
+    model_ddp: nn.Module
+    disc_ddp: nn.Module | None
+    forward_model: nn.Module
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: VaekitConfig,
+        arrays: dict[str, Any] | None = None,
+        run_dir: Path | None = None,
+        resume: bool = False,
+    ):
+        self.cfg = cfg
+        self.arrays = arrays
+        self.stages = resolve_stages(cfg)
+        self.accelerator = Accelerator(mixed_precision=cfg.train.precision)
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.run_dir = self._make_run_dir(run_dir, resume)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.state = TrainState()
+        self._data_cache: dict[str, DataBundle] = {}
+        self._start_time = time.time()
+
+        # Model and discriminator: built once from the first stage's config, seeded, identical on every rank.
+        set_seed(cfg.run.seed, deterministic=cfg.train.deterministic)
+        first = self.stages[0]
+        self.info = self._data_for(first).info
+        self.model = build_model(cfg.model, self.info.shape, cfg.loss.recon).to(self.device)
+        self.disc: nn.Module | None = None
+        adv_stage = next((s for s in self.stages if s.adversarial), None)
+        if adv_stage is not None:
+            adv = adv_stage.cfg.loss.adversarial
+            self.disc = build_discriminator(adv.discriminator, self.info.shape).to(self.device)
+        ema_cfg = cfg.train.ema
+        self.ema = EMA(self.model, ema_cfg.decay) if ema_cfg.enabled else None
+        # The latent noise and the input corruption are drawn for the *global* batch from one generator shared by
+        # all processes, each taking its slice: N processes then train exactly like one with the same batch.
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 1)
+        self.watch = NonFiniteWatch(self.device)
+        self.tracker: Tracker | None = None
+        self.console = Console(self.is_main, cfg.log.progress)
+        self.epoch_meter = Meter()
+        self.log_meter = Meter()
+        self._checkpoint: dict[str, Any] | None = None
+        self._elapsed_before = 0.0
+        self._last_log = (self._start_time, 0)
+
+    # ------------------------------------------------------------------------------------ setup
+    def _make_run_dir(self, run_dir: Path | None, resume: bool) -> Path:
+        """The run directory, created by the main process; its path is broadcast so all ranks agree."""
+        path = [None]
+        if self.is_main:
+            if run_dir is None:
+                run_dir = self._new_run_dir()
+            elif not resume and run_dir.exists() and any(run_dir.iterdir()):
+                if not self.cfg.run.overwrite:
+                    raise ConfigError(
+                        f"run.name: run directory {str(run_dir)!r} already exists; resume it with "
+                        f"`vaekit train --resume {run_dir}`, choose another run.name, or set run.overwrite=true"
+                    )
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "samples").mkdir(exist_ok=True)
+            if not resume:
+                (run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            path = [str(run_dir)]
+        if self.world > 1:
+            broadcast_object_list(path)
+        return Path(path[0])
+
+    def _new_run_dir(self) -> Path:
+        root = Path(self.cfg.run.dir)
+        if self.cfg.run.name:
+            return root / self.cfg.run.name
+        base = f"{self.cfg.data.source}-{self.cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        candidate, i = root / base, 1
+        while candidate.exists():
+            candidate, i = root / f"{base}-{i}", i + 1
+        return candidate
+
+    def _data_for(self, stage: Stage) -> DataBundle:
+        key = json.dumps(stage.cfg.data.model_dump(mode="json"), sort_keys=True)
+        if key not in self._data_cache:
+            self._data_cache[key] = build_data(stage.cfg.data, stage.cfg.run.seed, self.arrays)
+        return self._data_cache[key]
+
+    def _groups(self) -> dict[str, nn.Module]:
+        groups = {"encoder": self.model.encoder, "decoder": self.model.decoder}
+        if self.disc is not None:
+            groups["discriminator"] = self.disc
+        return groups
+
+    def _resolve_module(self, path: str) -> nn.Module:
+        root, _, sub = path.partition(".")
+        groups = self._groups()
+        if root not in groups:
+            raise ConfigError(f"freeze: {path!r} names no module group; this run has {', '.join(groups)}")
+        try:
+            return groups[root].get_submodule(sub) if sub else groups[root]
+        except AttributeError:
+            raise ConfigError(f"freeze: {path!r} is not a submodule of {root}") from None
+
+    def _apply_freezing(self, frozen: set[str]) -> None:
+        self.model.requires_grad_(True)
+        if self.disc is not None:
+            self.disc.requires_grad_(True)
+        for path in sorted(frozen):
+            self._resolve_module(path).requires_grad_(False)
+
+    def _train_mode(self) -> None:
+        """Train mode, except frozen modules, whose norm statistics must not drift."""
+        self.model.train()
+        if self.disc is not None:
+            self.disc.train()
+        for path in self.state.frozen:
+            self._resolve_module(path).eval()
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.world == 1 or not any(p.requires_grad for p in module.parameters()):
+            return module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+
+    def _build_stage(self, stage: Stage, resuming: bool) -> StageRuntime:
+        cfg = stage.cfg
+        data = self._data_for(stage)
+        batch, seed = cfg.train.batch_size, cfg.run.seed
+        common = {"rank": self.rank, "world_size": self.world, "num_workers": cfg.data.num_workers}
+        train_loader = BatchLoader(data.train, batch, shuffle=True, drop_last=cfg.train.drop_last, seed=seed, **common)
+        val_loader = BatchLoader(data.val, batch, shuffle=False, drop_last=False, seed=seed, **common)
+        if len(train_loader) == 0:
+            raise ConfigError(
+                f"train.batch_size: {batch} is larger than the training set ({data.info.n_train} samples)"
+            )
+        steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+        clock = StageClock(stage.spec, steps_per_epoch)
+        total = clock.limit_steps()
+
+        if not resuming and stage.spec.init_from:
+            self._init_from(stage.spec.init_from)
+        if not resuming:
+            self.state.frozen = sorted(stage.frozen_groups(set(self.state.frozen)))
+        self._apply_freezing(set(self.state.frozen))
+
+        gen_groups = {
+            "encoder": [p for p in self.model.encoder.parameters() if p.requires_grad],
+            "decoder": [p for p in self.model.decoder.parameters() if p.requires_grad],
+        }
+        grouped = {id(p) for ps in gen_groups.values() for p in ps}
+        gen_groups["other"] = [p for p in self.model.parameters() if p.requires_grad and id(p) not in grouped]
+        gen_params = [p for ps in gen_groups.values() for p in ps]
+        generator = None
+        if gen_params:
+            opt = self.accelerator.prepare_optimizer(build_optimizer(gen_groups, cfg.optim), device_placement=False)
+            generator = Update("generator", opt, Schedule(opt, cfg.optim.scheduler, total), gen_params, cfg.optim.grad_clip)
+
+        discriminator, d_objective = None, None
+        if stage.adversarial and self.disc is not None:
+            d_params = [p for p in self.disc.parameters() if p.requires_grad]
+            d_objective = DiscriminatorObjective(cfg.loss).to(self.device)
+            if d_params:
+                opt = self.accelerator.prepare_optimizer(
+                    build_optimizer({"discriminator": d_params}, cfg.disc_optim), device_placement=False
+                )
+                discriminator = Update(
+                    "discriminator", opt, Schedule(opt, cfg.disc_optim.scheduler, total), d_params,
+                    cfg.disc_optim.grad_clip, start_step=cfg.loss.adversarial.start_step,
+                )
+        if generator is None:  # only the discriminator trains: the generator update still runs its forward
+            generator = Update("generator", _NoOptimizer(), Schedule(_NoOptimizer(), cfg.optim.scheduler, None), [], None)
+
+        model_ddp = self._wrap(self.model)
+        disc_ddp = self._wrap(self.disc) if self.disc is not None and stage.adversarial else None
+        forward_model = torch.compile(model_ddp) if cfg.train.compile else model_ddp
+        return StageRuntime(
+            stage=stage,
+            data=data,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            objective=VAEObjective(cfg.loss).to(self.device),
+            d_objective=d_objective,
+            generator=generator,
+            discriminator=discriminator,
+            clock=clock,
+            model_ddp=model_ddp,
+            disc_ddp=disc_ddp,
+            forward_model=forward_model,
+        )
+
+    def _init_from(self, source: str) -> None:
+        path = Path(source)
+        if path.is_dir():  # a run directory (its export, else its latest checkpoint) or one checkpoint
+            latest = ckpt.latest_checkpoint(path / "checkpoints")
+            exported = path / "model.safetensors"
+            path = exported if exported.is_file() or latest is None else latest / "model.safetensors"
+        if not path.is_file():
+            raise ConfigError(f"init_from: {source!r} has no model.safetensors")
+        ckpt.load_weights(self.model, path)
+        disc_file = path.with_name("discriminator.safetensors")
+        if self.disc is not None and disc_file.is_file():
+            ckpt.load_weights(self.disc, disc_file)
+
+    # -------------------------------------------------------------------------------------- loop
+    def fit(self) -> TrainState:
+        """Run every stage from the current state to the end; returns the final state."""
+        resumed_at = self.state.step if self._checkpoint is not None else None
+        self.tracker = Tracker(
+            self.run_dir,
+            self.cfg.log,
+            self.is_main,
+            multi_stage=len(self.stages) > 1,
+            config=self.cfg.model_dump(mode="json"),
+            resume_step=resumed_at,
+        )
+        verb = f"resuming at step {resumed_at} in" if resumed_at is not None else "run directory:"
+        self.console.write(f"{verb} {self.run_dir}")
+        try:
+            for stage in self.stages[self.state.stage_index :]:
+                resuming = self._checkpoint is not None and self.state.stage_index == stage.index
+                if resuming and self.state.stage_done:
+                    self._checkpoint = None
+                    continue
+                self._run_stage(stage, resuming)
+            self._finish()
+        finally:
+            self.console.close()
+            self.tracker.close()
+        return self.state
+
+    def _run_stage(self, stage: Stage, resuming: bool) -> None:
+        rt = self._build_stage(stage, resuming)
+        st = self.state
+        if resuming:
+            self._restore_optim(rt)
+        else:
+            st.stage_index, st.stage_name, st.stage_step, st.epoch, st.batch_in_epoch = stage.index, stage.name, 0, 0, 0
+            st.stage_done, st.clock = False, {}
+            self.epoch_meter.reset()
+        rt.clock.load_state_dict(st.clock)
+        self._checkpoint = None
+        self._train_mode()
+        limit = rt.clock.limit_steps()
+        accum = stage.cfg.train.grad_accum
+        self.console.start_stage(self._desc(rt), total=limit, initial=st.stage_step)
+        reason = None
+        while reason is None:
+            rt.train_loader.set_epoch(st.epoch)
+            micro: list[dict[str, torch.Tensor]] = []
+            n_batches = len(rt.train_loader)
+            for batch in rt.train_loader.iter_from(st.batch_in_epoch):
+                micro.append(batch)
+                st.batch_in_epoch += 1
+                if len(micro) < accum and st.batch_in_epoch < n_batches:
+                    continue
+                self.train_step(rt, micro)
+                micro = []
+                reason = self._after_step(rt, limit)
+                if reason is not None:
+                    break
+            if reason is None:  # the epoch ended
+                reason = self._after_epoch(rt)
+        self._end_stage(rt, reason)
+
+    def _desc(self, rt: StageRuntime) -> str:
+        spec, n = rt.stage.spec, len(self.stages)
+        epochs = spec.epochs or spec.max_epochs
+        ep = f"Epoch {self.state.epoch + 1}" + (f"/{epochs}" if epochs else "")
+        return f"Stage {spec.name} ({rt.stage.index + 1}/{n}) | {ep}" if n > 1 else ep
+
+    def train_step(self, rt: StageRuntime, batches: list[dict[str, torch.Tensor]]) -> None:
+        """One optimizer step of every active update over ``batches`` (the micro-batches of the accumulation)."""
+        cfg, acc, step = rt.stage.cfg, self.accelerator, self.state.step
+        n = len(batches)
+        log_now = (step + 1) % cfg.log.every == 0
+        adv_on = rt.d_objective is not None and step >= cfg.loss.adversarial.start_step
+        gen, disc = rt.generator, rt.discriminator
+
+        # generator update: forward once per micro-batch, keep detached reconstructions for the discriminator
+        last_layer = self.model.last_layer if self.model.last_layer.requires_grad else None
+        fakes = []
+        for i, batch in enumerate(batches):
+            x = batch["x"].to(self.device, non_blocking=True)
+            x_in, noise = self._noise(x, cfg)
+            sync = nullcontext() if i == n - 1 else acc.no_sync(rt.model_ddp)
+            with sync, acc.autocast():
+                out = rt.forward_model(x_in, noise=noise)
+                loss, terms = rt.objective(
+                    x, out, step, discriminator=self.disc if adv_on else None, last_layer=last_layer
+                )
+            if gen.params:
+                acc.backward(loss / n)
+            self._record(step, terms, x.shape[0])
+            if adv_on:
+                fakes.append(out.recon.detach())  # raw likelihood parameters; the d-objective maps them
+        gen_norm = self._optimizer_step(gen, log_now)
+
+        # discriminator update: detached reconstructions of the same batch, its own optimizer
+        d_norm = None
+        if adv_on and disc is not None:
+            # The generator's backward also reached the discriminator (through the raw module, outside DDP):
+            # those gradients are not the discriminator's loss, so they are dropped before its own backward.
+            disc.optimizer.zero_grad(set_to_none=True)
+            for i, (batch, fake) in enumerate(zip(batches, fakes, strict=True)):
+                real = batch["x"].to(self.device, non_blocking=True)
+                sync = nullcontext() if i == n - 1 else acc.no_sync(rt.disc_ddp)
+                with sync, acc.autocast():
+                    d_loss, d_terms = rt.d_objective(real, fake, step, rt.disc_ddp)
+                acc.backward(d_loss / n)
+                self._record(step, d_terms, real.shape[0])
+            d_norm = self._optimizer_step(disc, log_now)
+
+        if self.ema is not None:
+            ema = cfg.train.ema
+            if step + 1 == ema.start_step:
+                self.ema.copy_from(self.model)
+            elif step + 1 > ema.start_step and (step + 1) % ema.every == 0:
+                self.ema.update(self.model)
+        if log_now:
+            extra = {"lr": torch.tensor(gen.schedule.get_lr())}
+            if gen_norm is not None:
+                extra["grad_norm"] = gen_norm
+            if disc is not None and adv_on:
+                extra["disc_lr"] = torch.tensor(disc.schedule.get_lr())
+                if d_norm is not None:
+                    extra["disc_grad_norm"] = d_norm
+            keys = tuple(extra)
+            self.log_meter.add(keys, torch.stack([v.float().to(self.device) for v in extra.values()]))
+
+    def _noise(self, x: torch.Tensor, cfg: VaekitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """(corrupted input, latent noise) for this rank's slice, drawn for the global batch."""
+        b, lo = x.shape[0], self.rank * x.shape[0]
+        global_b = b * self.world
+        den, g, dev = cfg.loss.denoise, self.noise_gen, self.device
+        x_in = x
+        if den.noise_std > 0 or den.mask_rate > 0:
+            full = (global_b, *x.shape[1:])
+            gauss = torch.randn(full, generator=g, device=dev)[lo : lo + b] if den.noise_std > 0 else None
+            keep = torch.rand(full, generator=g, device=dev)[lo : lo + b] >= den.mask_rate if den.mask_rate > 0 else None
+            x_in = corrupt(x, den.noise_std, den.mask_rate, noise=gauss, keep=keep)
+        noise = torch.randn((global_b, *self.model.latent_shape), generator=g, device=dev)[lo : lo + b]
+        return x_in, noise
+
+    def _record(self, step: int, terms: dict[str, torch.Tensor], count: int) -> None:
+        keys = tuple(terms)
+        values = torch.stack([t.detach().float() for t in terms.values()])
+        self.watch.observe(step, keys, values)
+        self.log_meter.add(keys, values, count)
+        self.epoch_meter.add(keys, values, count)
+
+    def _optimizer_step(self, update: Update, log_now: bool) -> torch.Tensor | None:
+        """Clip (the norm is only computed when clipping or logging), step, zero, advance the schedule."""
+        norm = None
+        if update.params and (update.grad_clip is not None or log_now):
+            self.accelerator.unscale_gradients(optimizer=update.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(update.params, update.grad_clip or math.inf)
+        if self.cfg.train.nan_policy == "skip" and update.params and not self._grads_finite(update):
+            self.state.skipped_batches += 1  # documented: this policy syncs with the host every step
+            update.optimizer.zero_grad(set_to_none=True)
+            self.watch = NonFiniteWatch(self.device)
+            return norm
+        update.optimizer.step()
+        update.optimizer.zero_grad(set_to_none=True)
+        update.schedule.step()
+        return norm
+
+    @staticmethod
+    def _grads_finite(update: Update) -> bool:
+        grads = [p.grad for p in update.params if p.grad is not None]
+        return bool(torch.isfinite(torch.stack([g.float().norm() for g in grads])).all()) if grads else True
+
+    # ------------------------------------------------------------------------- periodic blocks
+    def _after_step(self, rt: StageRuntime, limit: int | None) -> str | None:
+        """log → validate → checkpoint; returns why the stage ends, if it does."""
+        st, cfg = self.state, rt.stage.cfg
+        st.step += 1
+        st.stage_step += 1
+        reason = None
+        if limit is not None and st.stage_step >= limit:
+            reason = "length"
+        logged = None
+        if st.step % cfg.log.every == 0:
+            logged = self._log_train(rt)
+            for name, value in logged.items():
+                rt.clock.observe(f"train/{name}", value)
+            self.console.update(1, {k: logged[k] for k in ("loss", "recon", "kl") if k in logged})
+        else:
+            self.console.update(1)
+        if cfg.train.val_every is not None and st.step % cfg.train.val_every == 0:
+            self._validate(rt)
+        if reason is None:
+            done = rt.clock.metric_done()
+            if done is not None:
+                reason = done
+        if reason is None and cfg.train.ckpt_every is not None and st.step % cfg.train.ckpt_every == 0:
+            self._save(rt)
+        return reason
+
+    def _after_epoch(self, rt: StageRuntime) -> str | None:
+        st = self.state
+        self._epoch_record(rt)
+        st.epoch += 1
+        st.batch_in_epoch = 0
+        if rt.stage.cfg.train.val_every is None:
+            self._validate(rt)
+        reason = rt.clock.metric_done()
+        spec = rt.stage.spec
+        for epochs in (spec.epochs, spec.max_epochs):
+            if reason is None and epochs is not None and st.epoch >= epochs:
+                reason = "length"
+        if reason is None:
+            self._save(rt)
+            self.console.set_description(self._desc(rt))
+        return reason
+
+    def _end_stage(self, rt: StageRuntime, reason: str) -> None:
+        st, spec = self.state, rt.stage.spec
+        if reason == "length" and (spec.metric is not None or spec.plateau_window is not None):
+            if spec.epochs is None and spec.steps is None:
+                self.console.write(
+                    f"warning: stage {spec.name!r} hit its safety limit before {spec.metric!r} met its transition"
+                )
+        elif reason != "length":
+            self.console.write(f"stage {spec.name!r} ends at step {st.step}: {reason}")
+        if self.epoch_meter:
+            self._epoch_record(rt)
+        if not st.history or st.history[-1].get("split") != "val" or st.history[-1]["step"] != st.step:
+            self._validate(rt)
+        st.stage_done = True
+        self._save(rt)
+        self.console.close()
+
+    def _log_train(self, rt: StageRuntime) -> dict[str, float]:
+        self._check_finite()
+        now = time.time()
+        means = self.log_meter.means(self.accelerator.reduce)
+        self.log_meter.reset()
+        last = self._last_log
+        st = self.state
+        means["samples_per_sec"] = (
+            (st.step - last[1]) * rt.stage.cfg.train.batch_size * rt.stage.cfg.train.grad_accum / max(now - last[0], 1e-9)
+        )
+        self._last_log = (now, st.step)
+        self.tracker.log({**self._where(rt, "train"), **means})
+        return means
+
+    def _epoch_record(self, rt: StageRuntime) -> None:
+        means = self.epoch_meter.means(self.accelerator.reduce)
+        self.epoch_meter.reset()
+        record = {**self._where(rt, "train"), "kind": "epoch", **means}
+        self.state.history.append(record)
+
+    def _where(self, rt: StageRuntime, split: str) -> dict[str, Any]:
+        st = self.state
+        return {"step": st.step, "epoch": st.epoch, "stage": rt.stage.name, "stage_index": rt.stage.index, "split": split}
+
+    def _check_finite(self) -> None:
+        """Raise (on every process) if any process saw a non-finite loss term. One host sync."""
+        flag = (self.watch.first >= 0).float()
+        if self.world > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if flag.item() > 0 and self.cfg.train.nan_policy == "stop":
+            step, names = self.watch.first_bad() or (self.state.step, ["(on another process)"])
+            last = ckpt.latest_checkpoint(self.ckpt_dir)
+            kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint had been written yet"
+            raise NonFiniteLossError(f"non-finite loss at step {step + 1} in term(s) {', '.join(names)}{kept}")
+
+    @torch.no_grad()
+    def _validate(self, rt: StageRuntime) -> dict[str, float]:
+        """Loss terms over the validation set (clean inputs, EMA weights when enabled), reduced over processes;
+        active units; sample grids. Uses its own seeded RNG so training randomness is untouched."""
+        cfg = rt.stage.cfg
+        model = self.ema.shadow if self.ema is not None else self.model
+        model.eval()
+        meter = Meter()
+        mom = None  # per latent dim: [sum m, sum m², n] for active units
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.run.seed + 7919)
+            for i, batch in enumerate(rt.val_loader.iter_from(0)):
+                if cfg.train.val_batches is not None and i >= cfg.train.val_batches:
+                    break
+                x = batch["x"].to(self.device)
+                with self.accelerator.autocast():
+                    out = model(x)
+                    _, terms = rt.objective(x, out, self.state.step)
+                meter.add(tuple(terms), torch.stack([t.float() for t in terms.values()]), x.shape[0])
+                m = _latent_dims(out.mean.float())  # (B, D)
+                part = torch.stack([m.sum(0), (m * m).sum(0), torch.full_like(m[0], m.shape[0])])
+                mom = part if mom is None else mom + part
+        means = meter.means(self.accelerator.reduce)
+        if mom is not None:
+            mom = self.accelerator.reduce(mom, reduction="sum")
+            var = mom[1] / mom[2] - (mom[0] / mom[2]) ** 2
+            means["active_units"] = float((var > 0.01).sum().item())
+        record = {**self._where(rt, "val"), **means}
+        self.tracker.log(record)
+        self.state.history.append(record)
+        for name, value in means.items():
+            rt.clock.observe(f"val/{name}", value)
+        if "loss" in means:
+            rt.generator.schedule.step_metric(means["loss"])
+        if self.is_main:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in means.items() if k in ("loss", "recon", "kl", "mse", "active_units"))
+            self.console.write(f"{self._desc(rt)} | step {self.state.step} | val {shown}")
+            if cfg.log.samples:
+                self._samples(rt, model)
+        self._train_mode()
+        return means
+
+    def _samples(self, rt: StageRuntime, model: nn.Module) -> None:
+        cfg, st = rt.stage.cfg, self.state
+        n = min(cfg.log.num_samples, len(rt.data.val))
+        if n == 0:
+            return
+        x = rt.data.val.get_batch(torch.arange(n))["x"] if hasattr(rt.data.val, "get_batch") else torch.stack(
+            [rt.data.val[i]["x"] for i in range(n)]
+        )
+        x = x.to(self.device)
+        kind = cfg.loss.recon
+        with self.accelerator.autocast():
+            recon = likelihood_mean(kind, model(x, sample_posterior=False).recon).float()
+            gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
+            prior = likelihood_mean(kind, model.sample(n, generator=gen)).float()
+        modality = rt.data.info.modality
+        stem = f"{rt.stage.name}_{rt.stage.index:03d}_{st.epoch:03d}_{st.step:06d}"
+        from torchvision.utils import save_image
+
+        for kind_name, img in (("recon", recon_grid(x, recon, modality)), ("prior", sample_grid(prior, modality))):
+            save_image(img, self.run_dir / "samples" / f"{stem}-{kind_name}.png")
+            self.tracker.image(f"samples/{kind_name}", img, st.step)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _save(self, rt: StageRuntime) -> None:
+        """Checkpoint the exact position (after the blocks of this step ran). Refuses if a loss went non-finite."""
+        self._check_finite()
+        st = self.state
+        st.clock = rt.clock.state_dict()
+        st.epoch_meter = self.epoch_meter.state_dict()
+        st.elapsed = self._elapsed()
+        rngs = gather_object([ckpt.rng_state()]) if self.world > 1 else [ckpt.rng_state()]
+        if self.is_main:
+            modules = {"model": self.model}
+            if self.disc is not None:
+                modules["discriminator"] = self.disc
+            if self.ema is not None:
+                modules["ema"] = self.ema.shadow
+            optim = {
+                "generator": rt.generator.optimizer.state_dict(),
+                "generator_schedule": rt.generator.schedule.state_dict(),
+                "noise_generator": self.noise_gen.get_state(),
+            }
+            if rt.discriminator is not None:
+                optim["discriminator"] = rt.discriminator.optimizer.state_dict()
+                optim["discriminator_schedule"] = rt.discriminator.schedule.state_dict()
+            if self.accelerator.scaler is not None:
+                optim["scaler"] = self.accelerator.scaler.state_dict()
+            ckpt.save_checkpoint(
+                self.ckpt_dir, st.step, modules, optim, st.to_dict(), rngs, self.cfg.train.keep_last
+            )
+            self.tracker.flush()
+        self.accelerator.wait_for_everyone()
+
+    def load(self, path: Path) -> None:
+        """Restore weights, RNG and position from a checkpoint directory (optimizers follow at stage build)."""
+        data = ckpt.load_checkpoint(path, self.rank)
+        self.state = TrainState.from_dict(data["state"])
+        ckpt.load_weights(self.model, data["weights"]["model"])
+        if self.disc is not None and "discriminator" in data["weights"]:
+            ckpt.load_weights(self.disc, data["weights"]["discriminator"])
+        if self.ema is not None and "ema" in data["weights"]:
+            ckpt.load_weights(self.ema.shadow, data["weights"]["ema"])
+        self.noise_gen.set_state(data["optim"]["noise_generator"])
+        if "scaler" in data["optim"] and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(data["optim"]["scaler"])
+        ckpt.set_rng_state(data["rng"])
+        self.epoch_meter.load_state_dict(self.state.epoch_meter, self.device)
+        self._checkpoint = data
+        self._elapsed_before = self.state.elapsed
+        self._start_time = time.time()
+        self._last_log = (self._start_time, self.state.step)
+
+    def _restore_optim(self, rt: StageRuntime) -> None:
+        optim = self._checkpoint["optim"] if self._checkpoint else {}
+        if "generator" in optim and rt.generator.params:
+            rt.generator.optimizer.load_state_dict(optim["generator"])
+            rt.generator.schedule.load_state_dict(optim["generator_schedule"])
+        if rt.discriminator is not None and "discriminator" in optim:
+            rt.discriminator.optimizer.load_state_dict(optim["discriminator"])
+            rt.discriminator.schedule.load_state_dict(optim["discriminator_schedule"])
+
+    # ------------------------------------------------------------------------------------- end
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.time() - self._start_time
+
+    def _finish(self) -> None:
+        """Export weights (EMA when enabled), write summary.json and curves.png."""
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return
+        export = self.ema.shadow if self.ema is not None else self.model
+        meta = {"config": json.dumps(export.config), "vaekit_config": json.dumps(self.cfg.model_dump(mode="json"))}
+        ckpt.save_weights(export, self.run_dir / "model.safetensors", metadata=meta)
+        (self.run_dir / "model_config.json").write_text(json.dumps(export.config, indent=1))
+        last_val = next((r for r in reversed(self.state.history) if r["split"] == "val"), {})
+        last_train = next((r for r in reversed(self.state.history) if r["split"] == "train"), {})
+        summary = {
+            "run_dir": str(self.run_dir),
+            "steps": self.state.step,
+            "stages": [s.name for s in self.stages],
+            "wall_time_sec": round(self._elapsed(), 2),
+            "parameters": count_parameters(self.model),
+            "discriminator_parameters": count_parameters(self.disc) if self.disc is not None else 0,
+            "final_train": _metrics_only(last_train),
+            "final_val": _metrics_only(last_val),
+            "skipped_batches": self.state.skipped_batches,
+            "data": self.info.description,
+            "checkpoint": str(ckpt.latest_checkpoint(self.ckpt_dir)),
+            "model": str(self.run_dir / "model.safetensors"),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        if self.cfg.log.plots:
+            plot_curves(self.tracker.records or _read_jsonl(self.run_dir / "metrics.jsonl"), self.run_dir / "curves.png")
+
+
+class _NoOptimizer(torch.optim.Optimizer):
+    """Stands in when every autoencoder group is frozen (only the discriminator trains)."""
+
+    def __init__(self) -> None:
+        self.param_groups = [{"lr": 0.0, "params": []}]
+        self.state = {}
+
+    def step(self, closure=None) -> None:  # noqa: ANN001
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def _latent_dims(mean: torch.Tensor) -> torch.Tensor:
+    """(B, D) per latent dimension: vector latents as they are, spatial maps averaged over positions."""
+    return mean if mean.dim() == 2 else mean.flatten(2).mean(-1)
+
+
+def _metrics_only(record: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in record.items() if isinstance(v, float)}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

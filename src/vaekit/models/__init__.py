@@ -1,0 +1,33 @@
+"""VAE model families (one file each), the discriminator, and the ``build_*`` factories.
+
+Importing this package registers the built-in families (``conv``, ``mlp``) in :data:`MODELS`.
+"""
+
+from vaekit.models.base import (
+    MODELS,
+    VAE,
+    VAEOutput,
+    build_model,
+    build_model_from_config,
+    count_parameters,
+    model_summary,
+    register_model,
+)
+from vaekit.models.conv import ConvVAE
+from vaekit.models.discriminators import PatchDiscriminator, build_discriminator
+from vaekit.models.mlp import MLPVAE
+
+__all__ = [
+    "MODELS",
+    "VAE",
+    "ConvVAE",
+    "MLPVAE",
+    "PatchDiscriminator",
+    "VAEOutput",
+    "build_discriminator",
+    "build_model",
+    "build_model_from_config",
+    "count_parameters",
+    "model_summary",
+    "register_model",
+]

@@ -1,0 +1,220 @@
+"""The VAE contract every model family implements, the family registry and model inspection helpers.
+
+A family subclasses :class:`VAE`, builds ``self.encoder`` (x -> ``(B, 2·latent, ...)``: mean and log-variance
+stacked on dim 1) and ``self.decoder`` (z -> ``(B, k·C, ...)``, k = 2 for a per-element Gaussian variance,
+with a final layer ``self.decoder.head``), stores its rebuild kwargs in ``self.config`` and registers itself
+with :func:`register_model`. Reparameterisation, the likelihood heads and prior sampling live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from vaekit.config.schema import ModelConfig
+from vaekit.models.layers import CheckpointedSequential
+
+RECON_KINDS = ("mse", "l1", "bce", "gaussian")
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+@dataclass
+class VAEOutput:
+    """What :meth:`VAE.forward` returns.
+
+    ``recon`` has the shape of ``x`` and holds the likelihood's parameters (logits for ``bce``, the mean
+    otherwise); ``mean``/``logvar``/``z`` have shape ``(B, *latent_shape)``; ``recon_logvar`` is set only for
+    ``gaussian``: a 0-d learned scalar (broadcastable) or a tensor shaped like ``recon``.
+    """
+
+    recon: Tensor
+    mean: Tensor
+    logvar: Tensor
+    z: Tensor
+    recon_logvar: Tensor | None = None
+
+
+class VAE(nn.Module):
+    """Base class: a Gaussian encoder q(z|x), a decoder p(x|z) and a standard-normal prior.
+
+    Args:
+        recon_kind: the reconstruction likelihood (``loss.recon``); only ``gaussian`` changes the model.
+        gaussian_logvar: with ``gaussian``, ``scalar`` adds one learned log-variance ``self.recon_logvar``
+            (init 0, outside the encoder/decoder groups); ``pixel`` makes the decoder emit 2·C channels.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+    config: dict[str, Any]
+    latent_shape: tuple[int, ...]
+
+    def __init__(self, recon_kind: str = "bce", gaussian_logvar: str = "scalar") -> None:
+        super().__init__()
+        if recon_kind not in RECON_KINDS:
+            raise ValueError(f"unknown recon_kind {recon_kind!r} (loss.recon: {' | '.join(RECON_KINDS)})")
+        if gaussian_logvar not in ("scalar", "pixel"):
+            raise ValueError(
+                f"unknown gaussian_logvar {gaussian_logvar!r} (model.gaussian_logvar: scalar | pixel)"
+            )
+        self.recon_kind = recon_kind
+        self.gaussian_logvar = gaussian_logvar
+        self.pixel_logvar = recon_kind == "gaussian" and gaussian_logvar == "pixel"
+        self.recon_logvar = (
+            nn.Parameter(torch.zeros(()))
+            if recon_kind == "gaussian" and gaussian_logvar == "scalar"
+            else None
+        )
+
+    @property
+    def out_multiplier(self) -> int:
+        """Decoder output channels per data channel: 2 when the decoder also predicts a log-variance."""
+        return 2 if self.pixel_logvar else 1
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x ``(B, *shape)`` -> posterior ``(mean, logvar)``, each ``(B, *latent_shape)``; logvar in [-30, 20]."""
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """z ``(B, *latent_shape)`` -> ``(recon, recon_logvar)``; recon ``(B, *shape)``."""
+        out = self.decoder(z)  # (B, k·C, ...)
+        if self.pixel_logvar:
+            recon, logvar = out.chunk(2, dim=1)
+            return recon, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return out, self.recon_logvar
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, noise: Tensor | None = None) -> VAEOutput:
+        """Encode, draw z = mean + exp(logvar/2)·ε (or z = mean), decode.
+
+        ε is ``noise`` when given (the trainer draws it for the global batch so data-parallel runs match a single
+        process), else ``randn_like`` on the global RNG, so a restored RNG state reproduces the run.
+        """
+        mean, logvar = self.encode(x)
+        if sample_posterior:
+            eps = torch.randn_like(mean) if noise is None else noise.to(mean.dtype)
+            z = mean + torch.exp(0.5 * logvar) * eps
+        else:
+            z = mean
+        recon, recon_logvar = self.decode(z)
+        return VAEOutput(recon=recon, mean=mean, logvar=logvar, z=z, recon_logvar=recon_logvar)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decode ``n`` draws from the prior N(0, I): returns recon ``(n, *shape)`` (logits for ``bce``)."""
+        param = next(self.parameters())
+        device = generator.device if generator is not None else param.device
+        z = torch.randn((n, *self.latent_shape), generator=generator, device=device, dtype=param.dtype)
+        return self.decode(z.to(param.device))[0]
+
+    @property
+    def last_layer(self) -> nn.Parameter:
+        """The weight of the decoder's final layer (for the adaptive adversarial weight)."""
+        return self.decoder.head.weight
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Turn activation checkpointing of the encoder/decoder blocks on or off."""
+        for module in self.modules():
+            if isinstance(module, CheckpointedSequential):
+                module.grad_checkpointing = enabled
+        if "grad_checkpointing" in self.config:
+            self.config["grad_checkpointing"] = enabled
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, shape: tuple[int, ...], recon_kind: str) -> VAE:
+        """Build from the ``model`` config section, the per-sample data shape and ``loss.recon``."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------ registry
+MODELS: dict[str, type[VAE]] = {}
+V = TypeVar("V", bound=type[VAE])
+
+
+def register_model(name: str) -> Callable[[V], V]:
+    """Class decorator: make a VAE family buildable as ``model.arch: name``."""
+
+    def register(cls: V) -> V:
+        MODELS[name] = cls
+        return cls
+
+    return register
+
+
+def build_model(cfg: ModelConfig, shape: tuple[int, ...], recon_kind: str) -> VAE:
+    """Build the family named by ``cfg.arch`` for per-sample data ``shape`` and likelihood ``recon_kind``."""
+    if cfg.arch not in MODELS:
+        raise ValueError(f"unknown model.arch {cfg.arch!r}; registered: {sorted(MODELS)}")
+    return MODELS[cfg.arch].from_model_config(cfg, tuple(shape), recon_kind)
+
+
+def build_model_from_config(config: dict[str, Any]) -> VAE:
+    """Rebuild a model from its :attr:`VAE.config` (e.g. read back from JSON beside ``model.safetensors``)."""
+    kwargs = dict(config)
+    arch = kwargs.pop("arch")
+    if arch not in MODELS:
+        raise ValueError(f"unknown arch {arch!r} in model config; registered: {sorted(MODELS)}")
+    return MODELS[arch](**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ inspection
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (only those with ``requires_grad`` when ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_summary(model: nn.Module, example: Tensor | None = None) -> str:
+    """A table of the model's blocks (two levels deep) with parameter counts, then total/trainable counts.
+
+    Args:
+        model: any module.
+        example: optional input batch; when given, one forward pass (no grad) records each block's output shape.
+    """
+    rows: list[tuple[str, nn.Module | nn.Parameter]] = []
+    for name, child in model.named_children():
+        rows.append((name, child))
+        rows.extend((f"{name}.{sub}", grandchild) for sub, grandchild in child.named_children())
+    rows.extend(model.named_parameters(recurse=False))  # direct parameters, e.g. recon_logvar
+
+    shapes: dict[str, str] = {}
+    if example is not None:
+        hooks = []
+        for name, module in rows:
+            if isinstance(module, nn.Module):
+
+                def record(_m: nn.Module, _inp: Any, out: Any, name: str = name) -> None:
+                    if isinstance(out, Tensor):
+                        shapes[name] = str(tuple(out.shape))
+
+                hooks.append(module.register_forward_hook(record))
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(example)
+        finally:
+            model.train(was_training)
+            for hook in hooks:
+                hook.remove()
+
+    table = [("block", "type", "output", "params")]
+    for name, item in rows:
+        if isinstance(item, nn.Parameter):
+            table.append((name, "Parameter", "", f"{item.numel():,}"))
+        else:
+            table.append((name, type(item).__name__, shapes.get(name, ""), f"{count_parameters(item):,}"))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = [
+        "  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths, strict=False)), row[3].rjust(widths[3])])
+        for row in table
+    ]
+    rule = "-" * len(lines[0])
+    lines.insert(1, rule)
+    lines += [
+        rule,
+        f"total params: {count_parameters(model):,}",
+        f"trainable params: {count_parameters(model, trainable_only=True):,}",
+    ]
+    return "\n".join(lines)

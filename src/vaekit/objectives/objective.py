@@ -1,0 +1,225 @@
+"""The training objectives: ``VAEObjective`` (the autoencoder's loss) and ``DiscriminatorObjective``.
+
+Both are built from ``LossConfig`` and combine the plain functions of this package; neither calls ``.item()``,
+so a training step stays asynchronous on GPU. ``terms`` hold detached 0-d tensors in per-sample units (sums over
+data dimensions, means over the batch).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from vaekit.config.schema import LossConfig
+from vaekit.objectives.adversarial import (
+    adaptive_weight,
+    d_hinge_loss,
+    d_nonsaturating_loss,
+    feature_matching_loss,
+    g_hinge_loss,
+    g_nonsaturating_loss,
+    r1_penalty,
+)
+from vaekit.objectives.kl import kl_loss
+from vaekit.objectives.perceptual import PerceptualLoss
+from vaekit.objectives.reconstruction import likelihood_mean, mse_per_element, reconstruction_nll
+from vaekit.objectives.schedules import capacity, kl_weight
+from vaekit.objectives.spectral import multi_resolution_stft_loss
+
+
+class VAEOutputLike(Protocol):
+    recon: Tensor
+    mean: Tensor
+    logvar: Tensor
+    recon_logvar: Tensor | None
+
+
+def _scalar(value: float, like: Tensor) -> Tensor:
+    """A 0-d fp32 tensor on ``like``'s device, made by a fill kernel (no host-to-device copy)."""
+    return torch.full((), value, dtype=torch.float32, device=like.device)
+
+
+class VAEObjective(nn.Module):
+    """The autoencoder's loss: weighted reconstruction NLL + KL term + perceptual + spectral + adversarial.
+
+    ``total = recon_weight·nll + kl_term + N·(perceptual.weight·perc + spectral.weight·spec) + adversarial``, each
+    a batch mean of per-sample values. The perceptual and spectral distances are per-element quantities added to
+    every one of the N elements of a sample (as latent-diffusion adds LPIPS to each pixel's L1), so that weight 1
+    balances them against a reconstruction NLL summed over those N elements; ``terms`` logs the raw distances. The KL term is ``kl_weight(step)·KL`` (KL with free bits), or
+    ``gamma·|KL − C(step)|`` for the capacity schedule. The adversarial term (when ``adversarial.weight > 0``,
+    a discriminator is given and ``step >= start_step``) is ``adversarial.weight·w·g_loss`` with ``w`` the adaptive
+    weight (training mode with grad enabled, else 1), plus ``feature_matching·FM``.
+    """
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        use_perceptual = cfg.perceptual.kind != "none" and cfg.perceptual.weight > 0
+        self.perceptual = PerceptualLoss(cfg.perceptual) if use_perceptual else None
+
+    def forward(
+        self,
+        target: Tensor,
+        out: VAEOutputLike,
+        step: int,
+        discriminator: nn.Module | None = None,
+        last_layer: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute the loss.
+
+        Args:
+            target: the clean batch ``(B, ...)``.
+            out: the model's output (``recon``, ``mean``, ``logvar``, ``recon_logvar``).
+            step: the optimizer step (schedules, adversarial start).
+            discriminator: called on the likelihood mean; ``return_features=True`` with feature matching.
+            last_layer: the decoder's last weight, needed for the adaptive adversarial weight.
+
+        Returns:
+            ``(total, terms)``: a 0-d loss and detached 0-d terms (``loss``, ``recon``, ``mse``, ``kl``,
+            ``kl_weight`` and, where active, ``capacity``, ``perceptual``, ``spectral``, ``g_adv``,
+            ``adv_weight``, ``feature_matching``).
+        """
+        cfg = self.cfg
+        terms: dict[str, Tensor] = {}
+        fake = likelihood_mean(cfg.recon, out.recon)
+
+        nll = reconstruction_nll(cfg.recon, out.recon, target, out.recon_logvar).mean()
+        terms["recon"] = nll
+        terms["mse"] = mse_per_element(fake.detach(), target).mean()
+        numel = target[0].numel()  # elements per sample
+        rec_loss = cfg.recon_weight * nll
+
+        if self.perceptual is not None:
+            perceptual = self.perceptual(fake, target).mean()
+            terms["perceptual"] = perceptual
+            rec_loss = rec_loss + cfg.perceptual.weight * numel * perceptual
+        total = rec_loss + self._kl_term(out, step, terms)
+
+        if cfg.spectral.weight > 0:
+            spec = cfg.spectral
+            spectral = multi_resolution_stft_loss(
+                fake,
+                target,
+                spec.fft_sizes,
+                spec.hop_sizes,
+                spec.win_lengths,
+                spec.w_sc,
+                spec.w_log_mag,
+                spec.w_lin_mag,
+            ).mean()
+            terms["spectral"] = spectral
+            total = total + spec.weight * numel * spectral
+
+        adv = cfg.adversarial
+        if adv.weight > 0 and discriminator is not None and step >= adv.start_step:
+            total = total + self._adversarial_term(fake, target, rec_loss, discriminator, last_layer, terms)
+
+        terms["loss"] = total
+        return total, {name: value.detach() for name, value in terms.items()}
+
+    def _kl_term(self, out: VAEOutputLike, step: int, terms: dict[str, Tensor]) -> Tensor:
+        """The KL part of the loss; records ``kl`` (raw, nats per sample), ``kl_weight`` and ``capacity``."""
+        kl_cfg = self.cfg.kl
+        kl_raw = kl_loss(out.mean, out.logvar).mean()
+        kl = kl_loss(out.mean, out.logvar, kl_cfg.free_bits).mean() if kl_cfg.free_bits > 0 else kl_raw
+        terms["kl"] = kl_raw
+        if kl_cfg.schedule == "capacity":
+            target_kl = capacity(step, kl_cfg)
+            terms["capacity"] = _scalar(target_kl, kl)
+            terms["kl_weight"] = _scalar(kl_cfg.gamma, kl)
+            return kl_cfg.gamma * (kl - target_kl).abs()
+        weight = kl_weight(step, kl_cfg, self.cfg.beta)
+        terms["kl_weight"] = _scalar(weight, kl)
+        return weight * kl
+
+    def _adversarial_term(
+        self,
+        fake: Tensor,
+        target: Tensor,
+        rec_loss: Tensor,
+        discriminator: nn.Module,
+        last_layer: Tensor | None,
+        terms: dict[str, Tensor],
+    ) -> Tensor:
+        """Generator loss on the discriminator's logits (adaptively weighted) plus feature matching."""
+        adv = self.cfg.adversarial
+        fm_loss = None
+        if adv.feature_matching > 0:
+            logits_fake, feats_fake = discriminator(fake, return_features=True)
+            with torch.no_grad():
+                _, feats_real = discriminator(target, return_features=True)
+            fm_loss = feature_matching_loss(feats_real, feats_fake)
+        else:
+            logits_fake = discriminator(fake)
+        g_loss = g_hinge_loss(logits_fake) if adv.loss == "hinge" else g_nonsaturating_loss(logits_fake)
+
+        if adv.adaptive and self.training and torch.is_grad_enabled() and last_layer is not None:
+            # last_layer is None when the decoder is frozen: the plain weight applies then
+            weight = adv.weight * adaptive_weight(
+                rec_loss, g_loss, last_layer, adv.adaptive_eps, adv.adaptive_max
+            )
+        else:
+            weight = _scalar(adv.weight, g_loss)
+        terms["g_adv"] = g_loss
+        terms["adv_weight"] = weight
+        term = weight * g_loss
+        if fm_loss is not None:
+            terms["feature_matching"] = fm_loss
+            term = term + adv.feature_matching * fm_loss
+        return term
+
+
+class DiscriminatorObjective(nn.Module):
+    """The discriminator's loss: hinge or non-saturating, plus a lazy R1 penalty on real data, × ``disc_weight``.
+
+    ``fake`` is the autoencoder's raw output ``out.recon`` (logits for ``bce``), the same tensor ``VAEObjective``
+    receives; it is detached and mapped to data space with ``likelihood_mean`` here, so both players see the
+    same images. R1 is computed every ``r1_every`` steps and scaled by ``r1_every`` (StyleGAN2's lazy
+    regularization keeps the same average strength).
+    """
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def active(self, step: int) -> bool:
+        """Whether the discriminator trains at ``step`` (``adversarial.weight > 0`` and past ``start_step``)."""
+        adv = self.cfg.adversarial
+        return adv.weight > 0 and step >= adv.start_step
+
+    def forward(
+        self, real: Tensor, fake: Tensor, step: int, discriminator: nn.Module
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute the discriminator's loss.
+
+        Args:
+            real: the clean batch ``(B, ...)``.
+            fake: the autoencoder's raw reconstruction ``out.recon`` (detached here).
+            step: the optimizer step (R1 schedule).
+            discriminator: returns logits for a batch.
+
+        Returns:
+            ``(total, terms)`` with detached 0-d ``d_loss``, ``d_real``, ``d_fake``, ``d_acc`` and ``r1`` when computed.
+        """
+        adv = self.cfg.adversarial
+        fake = likelihood_mean(self.cfg.recon, fake.detach())
+        use_r1 = adv.r1_weight > 0 and step % adv.r1_every == 0
+        if use_r1:
+            real = real.detach().requires_grad_(True)
+        logits_real = discriminator(real)
+        logits_fake = discriminator(fake)
+        d_loss = (d_hinge_loss if adv.loss == "hinge" else d_nonsaturating_loss)(logits_real, logits_fake)
+        terms = {
+            "d_loss": d_loss,
+            "d_real": logits_real.mean(),
+            "d_fake": logits_fake.mean(),
+            "d_acc": 0.5 * ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean()),
+        }
+        total = d_loss
+        if use_r1:
+            r1 = r1_penalty(real, logits_real)
+            terms["r1"] = r1
+            total = total + adv.r1_weight * adv.r1_every * r1
+        return adv.disc_weight * total, {name: value.detach() for name, value in terms.items()}
