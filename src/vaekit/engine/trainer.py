@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -90,7 +91,9 @@ class Trainer:
         self.cfg = cfg
         self.arrays = arrays
         self.stages = resolve_stages(cfg)
-        self.accelerator = Accelerator(mixed_precision=cfg.train.precision)
+        # Accelerate only sets up a CPU process group (gloo) when told the run is on the CPU.
+        cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=cpu_ddp)
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
