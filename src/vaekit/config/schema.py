@@ -28,13 +28,13 @@ class RunConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- data
-DataSource = Literal["shapes", "mnist", "image_folder", "moving_shapes", "tensor"]
+DataSource = Literal["shapes", "mnist", "image_folder", "moving_shapes", "video_folder", "tensor"]
 
 
 class DataConfig(Section):
     source: DataSource = "shapes"
     path: str | None = None
-    """Directory (mnist: the IDX .gz files; image_folder: the image tree)."""
+    """Directory (mnist: the IDX .gz files; image_folder: the image tree; video_folder: video files)."""
     image_size: int | None = None
     """Images/frames are resized (short side) and cropped to this square size. Default: the source's native size."""
     channels: int | None = None

@@ -15,7 +15,7 @@ from vaekit.data.loader import BatchLoader
 from vaekit.data.mnist import build_mnist
 from vaekit.data.shapes import build_shapes, make_shapes
 from vaekit.data.tensors import from_arrays
-from vaekit.data.video import build_moving_shapes, make_moving_shapes, read_video_clips
+from vaekit.data.video import build_moving_shapes, build_video_folder, make_moving_shapes, read_video_clips
 
 __all__ = [
     "ArraySource",
@@ -38,6 +38,7 @@ _BUILDERS = {
     "mnist": build_mnist,
     "image_folder": build_image_folder,
     "moving_shapes": build_moving_shapes,
+    "video_folder": build_video_folder,
 }
 
 

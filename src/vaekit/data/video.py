@@ -145,3 +145,44 @@ def read_video_clips(
         h, w = buf[0].shape[-2:]
         return torch.zeros(0, channels, frames, h, w)
     return torch.stack(clips)  # (K, C, T, H, W)
+
+
+def build_video_folder(cfg: DataConfig, seed: int) -> DataBundle:
+    """The ``video_folder`` source: every video file under ``data.path`` (recursive), cut into non-overlapping
+    clips of ``data.frames`` frames at ``data.image_size`` (default 64), held in memory; seeded clip-level split."""
+    if not cfg.path:
+        raise ValueError("data.path: required for data.source=video_folder (a directory of .mp4/.avi/.mkv/.webm)")
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise DataError(f"{root}: data.path is not a directory")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    if not files:
+        raise DataError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) found")
+    size = cfg.image_size or 64
+    channels = cfg.channels or 3
+    clips, errors = [], []
+    for path in files:
+        try:
+            clips.append(read_video_clips(path, cfg.frames, size, channels=channels))
+        except DataError as err:
+            if cfg.on_error == "raise":
+                raise DataError(f"{err} (set data.on_error=skip to skip unreadable files)") from None
+            errors.append(str(err))
+    x = torch.cat([c for c in clips if len(c)]) if any(len(c) for c in clips) else None
+    if x is None:
+        raise DataError(f"{root}: no clip of {cfg.frames} frames could be read (data.frames too large?)")
+    if cfg.num_samples:
+        x = x[: cfg.num_samples]
+    n = len(x)
+    tr, va = split_indices(n, cfg.val_fraction, seed)
+    shape = tuple(x.shape[1:])
+    info = DataInfo(
+        modality="video",
+        shape=shape,
+        n_train=len(tr),
+        n_val=len(va),
+        value_range=(0.0, 1.0),
+        skipped=len(errors),
+        description=describe("video_folder", len(tr), len(va), shape, f"{len(files) - len(errors)} files in {root}"),
+    )
+    return DataBundle(ArraySource(x[tr]), ArraySource(x[va]), info)

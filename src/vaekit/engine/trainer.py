@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vaekit.config.load import ConfigError, dump_config
 from vaekit.config.schema import VaekitConfig
-from vaekit.data import BatchLoader, DataBundle, build_data
+from vaekit.data import BatchLoader, DataBundle, DataError, build_data
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.ema import EMA
 from vaekit.engine.optim import Schedule, build_optimizer
@@ -164,7 +164,13 @@ class Trainer:
     def _data_for(self, stage: Stage) -> DataBundle:
         key = json.dumps(stage.cfg.data.model_dump(mode="json"), sort_keys=True)
         if key not in self._data_cache:
-            self._data_cache[key] = build_data(stage.cfg.data, stage.cfg.run.seed, self.arrays)
+            self._data_cache.clear()  # one stage's data in memory at a time
+            try:
+                self._data_cache[key] = build_data(stage.cfg.data, stage.cfg.run.seed, self.arrays)
+            except DataError:
+                raise
+            except ValueError as err:  # a data setting that cannot work; the message names the key
+                raise ConfigError(str(err)) from None
         return self._data_cache[key]
 
     def _groups(self) -> dict[str, nn.Module]:
@@ -207,6 +213,10 @@ class Trainer:
     def _build_stage(self, stage: Stage, resuming: bool) -> StageRuntime:
         cfg = stage.cfg
         data = self._data_for(stage)
+        try:  # a resolution/clip length the model cannot take fails here, naming the keys, not mid-step
+            self.model.latent_shape_for(tuple(data.info.shape))
+        except ValueError as err:
+            raise ConfigError(f"stages.{stage.index} ({stage.name}): {err}") from None
         batch, seed = cfg.train.batch_size, cfg.run.seed
         common = {"rank": self.rank, "world_size": self.world, "num_workers": cfg.data.num_workers}
         train_loader = BatchLoader(data.train, batch, shuffle=True, drop_last=cfg.train.drop_last, seed=seed, **common)
@@ -420,7 +430,8 @@ class Trainer:
             gauss = torch.randn(full, generator=g, device=dev)[lo : lo + b] if den.noise_std > 0 else None
             keep = torch.rand(full, generator=g, device=dev)[lo : lo + b] >= den.mask_rate if den.mask_rate > 0 else None
             x_in = corrupt(x, den.noise_std, den.mask_rate, noise=gauss, keep=keep)
-        noise = torch.randn((global_b, *self.model.latent_shape), generator=g, device=dev)[lo : lo + b]
+        latent = self.model.latent_shape_for(tuple(x.shape[1:]))
+        noise = torch.randn((global_b, *latent), generator=g, device=dev)[lo : lo + b]
         return x_in, noise
 
     def _record(self, step: int, terms: dict[str, torch.Tensor], count: int) -> None:
@@ -481,10 +492,10 @@ class Trainer:
     def _after_epoch(self, rt: StageRuntime) -> str | None:
         st = self.state
         self._epoch_record(rt)
-        st.epoch += 1
-        st.batch_in_epoch = 0
         if rt.stage.cfg.train.val_every is None:
             self._validate(rt)
+        st.epoch += 1
+        st.batch_in_epoch = 0
         reason = rt.clock.metric_done()
         spec = rt.stage.spec
         for epochs in (spec.epochs, spec.max_epochs):
@@ -567,7 +578,7 @@ class Trainer:
                     out = model(x)
                     _, terms = rt.objective(x, out, self.state.step)
                 meter.add(tuple(terms), torch.stack([t.float() for t in terms.values()]), x.shape[0])
-                m = _latent_dims(out.mean.float())  # (B, D)
+                m = out.mean.float().flatten(1)  # (B, D): every latent element is a unit
                 part = torch.stack([m.sum(0), (m * m).sum(0), torch.full_like(m[0], m.shape[0])])
                 mom = part if mom is None else mom + part
         means = meter.means(self.accelerator.reduce)
@@ -603,7 +614,7 @@ class Trainer:
         with self.accelerator.autocast():
             recon = likelihood_mean(kind, model(x, sample_posterior=False).recon).float()
             gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
-            prior = likelihood_mean(kind, model.sample(n, generator=gen)).float()
+            prior = likelihood_mean(kind, model.sample(n, generator=gen, input_shape=tuple(x.shape[1:]))).float()
         modality = rt.data.info.modality
         stem = f"{rt.stage.name}_{rt.stage.index:03d}_{st.epoch:03d}_{st.step:06d}"
         from torchvision.utils import save_image
@@ -720,11 +731,6 @@ class _NoOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
-
-
-def _latent_dims(mean: torch.Tensor) -> torch.Tensor:
-    """(B, D) per latent dimension: vector latents as they are, spatial maps averaged over positions."""
-    return mean if mean.dim() == 2 else mean.flatten(2).mean(-1)
 
 
 def _metrics_only(record: dict[str, Any]) -> dict[str, float]:

@@ -102,11 +102,21 @@ class VAE(nn.Module):
         recon, recon_logvar = self.decode(z)
         return VAEOutput(recon=recon, mean=mean, logvar=logvar, z=z, recon_logvar=recon_logvar)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Decode ``n`` draws from the prior N(0, I): returns recon ``(n, *shape)`` (logits for ``bce``)."""
+    def latent_shape_for(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The latent shape for one input of ``input_shape`` (spatial latents follow the input's size)."""
+        return tuple(self.latent_shape)
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, input_shape: tuple[int, ...] | None = None
+    ) -> Tensor:
+        """Decode ``n`` draws from the prior N(0, I): returns recon ``(n, *shape)`` (logits for ``bce``).
+
+        ``input_shape`` picks the output size of fully-convolutional models (default: the size built for).
+        """
         param = next(self.parameters())
         device = generator.device if generator is not None else param.device
-        z = torch.randn((n, *self.latent_shape), generator=generator, device=device, dtype=param.dtype)
+        latent = self.latent_shape_for(input_shape) if input_shape is not None else tuple(self.latent_shape)
+        z = torch.randn((n, *latent), generator=generator, device=device, dtype=param.dtype)
         return self.decode(z.to(param.device))[0]
 
     @property

@@ -87,6 +87,7 @@ class ConvVAE(VAE):
         self.factors = tuple(math.prod(s[a] for s in self.strides) for a in range(dims))  # per axis
         bottom = self._check_size(self.input_shape[1:])  # latent spatial size
         self.latent_shape = (latent_dim,) if latent == "vector" else (latent_dim, *bottom)
+        self.latent_dim = latent_dim
         conv, conv_t, k = CONV[dims], CONV_TRANSPOSE[dims], self.out_multiplier
         channels = self.input_shape[0]
 
@@ -127,6 +128,11 @@ class ConvVAE(VAE):
         self.decoder.add_module("blocks", CheckpointedSequential(*up))
         self.decoder.add_module("head", conv(hidden_dims[0], k * channels, 3, padding=1))
         self.set_grad_checkpointing(grad_checkpointing)
+
+    def latent_shape_for(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.latent == "vector":
+            return tuple(self.latent_shape)
+        return (self.latent_dim, *self._check_size(tuple(input_shape[1:])))
 
     def _check_size(self, size: Sequence[int]) -> tuple[int, ...]:
         """Validate a per-sample spatial size and return the latent's spatial size."""
