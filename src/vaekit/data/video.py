@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from torch import Tensor
@@ -116,6 +115,8 @@ def read_video_clips(
     Raises:
         DataError: naming ``path`` when it cannot be opened or decoded or holds no video frames.
     """
+    import av  # PyAV: only needed when video files are read
+
     path = Path(path)
     clips: list[Tensor] = []
     buf: list[Tensor] = []

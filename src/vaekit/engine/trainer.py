@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -93,6 +94,9 @@ class Trainer:
         self.stages = resolve_stages(cfg)
         # Accelerate only sets up a CPU process group (gloo) when told the run is on the CPU.
         cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # Accelerate keeps its state in a process-wide singleton that refuses a second precision; a later run in
+        # the same Python process (a notebook, a sweep) gets a fresh one. The process group is left alone.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=cpu_ddp)
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process

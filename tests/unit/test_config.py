@@ -1,0 +1,87 @@
+"""Config loading: precedence, dotted overrides, presets, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vaekit.config.load import ConfigError, dump_config, list_presets, load_config, parse_override
+
+
+def test_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"optim": {"lr": 0.01, "name": "sgd"}, "train": {"epochs": 3}}))
+    cfg = load_config(path, ["optim.lr=0.02"])
+    assert cfg.optim.lr == 0.02  # override beats YAML
+    assert cfg.optim.name == "sgd"  # YAML beats default
+    assert cfg.train.batch_size == 64  # default
+
+
+def test_override_values_are_yaml_and_scientific_notation_is_a_number() -> None:
+    assert parse_override("optim.lr=1e-4") == (["optim", "lr"], 1e-4)
+    assert parse_override("model.hidden_dims=[8,16]") == (["model", "hidden_dims"], [8, 16])
+    assert parse_override("train.max_steps=null") == (["train", "max_steps"], None)
+    assert parse_override("log.progress=false") == (["log", "progress"], False)
+
+
+def test_python_keyword_overrides_nest_and_use_double_underscore() -> None:
+    cfg = load_config(None, {"train": {"epochs": 2}, "optim__lr": 0.5})
+    assert cfg.train.epochs == 2 and cfg.optim.lr == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochz=3", "train.epochz: unknown key; did you mean 'epochs'?"),
+        ("train.precision=fp32", "train.precision: 'fp32' is not allowed; choose one of 'no', 'fp16' or 'bf16'"),
+        ("optim.name=adamx", "optim.name: 'adamx' is not allowed"),
+        ("optim.scheduler.name=linear", "optim.scheduler.name: 'linear' is not allowed"),
+        ("optim.lr=-1", "optim.lr: -1 is invalid"),
+        ("model.hidden_dims=[]", "model.hidden_dims: [] is invalid"),
+        ("bogus.key=1", "bogus: unknown key"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_key(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(expected.split(";")[0])
+    assert expected in message
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*line"):
+        load_config(path)
+
+
+def test_presets_exist_and_validate() -> None:
+    names = set(list_presets())
+    assert {"beta-vae", "beta-vae-high", "vae-gan", "denoising", "lpips"} <= names
+    assert load_config(None, ["preset=beta-vae"]).loss.beta == 4.0
+    assert load_config(None, preset="beta-vae-high").loss.beta == 10.0
+    assert load_config(None, preset="denoising").loss.denoise.mask_rate > 0
+    assert load_config(None, preset="vae-gan").loss.adversarial.weight > 0
+    assert load_config(None, preset="lpips").loss.perceptual.kind == "lpips"
+
+
+def test_yaml_beats_preset(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"preset": "beta-vae", "loss": {"beta": 2.0}}))
+    assert load_config(path).loss.beta == 2.0
+
+
+def test_unknown_preset_lists_the_choices() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of .*beta-vae"):
+        load_config(None, preset="nope")
+
+
+def test_dumped_config_loads_back_equal(tmp_path: Path) -> None:
+    cfg = load_config(None, ["optim.lr=3e-4", "model.hidden_dims=[4,8]", "loss.kl.schedule=linear"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
