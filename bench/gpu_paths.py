@@ -19,7 +19,13 @@ import torch
 import vaekit
 
 
-def run(name: str, steps: int, **sections) -> None:
+def run(name: str, steps: int, *parts: dict) -> None:
+    """Train one configuration; ``parts`` are section dicts merged in order."""
+    from vaekit.config.load import deep_merge
+
+    sections: dict = {}
+    for part in parts:
+        sections = deep_merge(sections, part)
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         tree = {
@@ -27,8 +33,7 @@ def run(name: str, steps: int, **sections) -> None:
             "train": {"max_steps": steps, "val_batches": 2, "ckpt_every": None},
             "log": {"progress": False, "samples": False, "plots": False, "every": 10, "tensorboard": False},
         }
-        for key, value in sections.items():
-            tree.setdefault(key, {}).update(value)
+        tree = deep_merge(tree, sections)
         t0 = time.time()
         result = vaekit.train(tree)
         wall = time.time() - t0
@@ -47,12 +52,15 @@ def run(name: str, steps: int, **sections) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--only", choices=["vanilla"], help="run only the vanilla-VAE configurations")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     shapes = {"data": {"source": "shapes", "num_samples": 20000}}
-    for precision in ("no", "bf16", "fp16"):
-        run(f"shapes conv precision={precision}", args.steps, **shapes, train={"batch_size": 256, "precision": precision})
-    run("shapes conv bf16 compile", args.steps, **shapes, train={"batch_size": 256, "precision": "bf16", "compile": True})
+    only = args.only
+    for precision in ("no", "bf16", "fp16") if not only else ():
+        run(f"shapes conv precision={precision}", args.steps, shapes, {"train": {"batch_size": 256, "precision": precision}})
+    if not only:
+        run("shapes conv bf16 compile", args.steps, shapes, {"train": {"batch_size": 256, "precision": "bf16", "compile": True}})
     # the classic vanilla VAE (~63M parameters) at 256×256 on procedural shapes resized to 256
     big = {
         "data": {"source": "shapes", "num_samples": 2000, "image_size": 256},
@@ -63,17 +71,16 @@ def main() -> None:
         run(
             f"vanilla-VAE 256² b32 {precision} gc={ckpt}",
             args.steps,
-            **big,
-            model={**big["model"], "grad_checkpointing": ckpt},
-            train={"batch_size": 32, "precision": precision},
+            big,
+            {"model": {"grad_checkpointing": ckpt}, "train": {"batch_size": 32, "precision": precision}},
         )
     gan = {
         "data": {"source": "shapes", "num_samples": 20000},
         "model": {"latent": "spatial", "latent_dim": 4, "hidden_dims": [64, 128], "norm": "group"},
         "loss": {"recon": "l1", "beta": 1e-3, "adversarial": {"weight": 0.5, "start_step": 10, "r1_weight": 1.0, "r1_every": 4}},
     }
-    for precision in ("bf16", "fp16"):
-        run(f"VAE-GAN (R1, adaptive) {precision}", args.steps, **gan, train={"batch_size": 128, "precision": precision})
+    for precision in ("bf16", "fp16") if not only else ():
+        run(f"VAE-GAN (R1, adaptive) {precision}", args.steps, gan, {"train": {"batch_size": 128, "precision": precision}})
 
 
 if __name__ == "__main__":

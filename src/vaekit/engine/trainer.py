@@ -102,6 +102,8 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
+        if self.device.type == "cuda" and not cfg.train.deterministic:
+            torch.backends.cudnn.benchmark = True  # shapes are fixed within a stage: let cuDNN pick kernels
         self.run_dir = self._make_run_dir(run_dir, resume)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.state = TrainState()
