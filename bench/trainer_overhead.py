@@ -326,10 +326,14 @@ def main() -> None:
     ratio = v / h
     hc = statistics.median(samples_per_sec(r, args.batch_size, "epoch_cpu_seconds") for r in results["hand"])
     vc = statistics.median(samples_per_sec(r, args.batch_size, "epoch_cpu_seconds") for r in results["vaekit"])
+    def best_epoch(side: str) -> float:
+        return max(r["steps_per_epoch"] * args.batch_size / t for r in results[side] for t in r["epoch_seconds"])
+
+    hb, vb = best_epoch("hand"), best_epoch("vaekit")
     print(
-        f"  wall samples/s per trial: hand {[round(x) for x in hand]}, vaekit {[round(x) for x in vk]}; "
-        f"per CPU-second (process CPU time, less sensitive to other load): hand {hc:.0f}, vaekit {vc:.0f}, "
-        f"ratio {vc / hc:.3f}"
+        f"  wall samples/s per trial: hand {[round(x) for x in hand]}, vaekit {[round(x) for x in vk]}\n"
+        f"  less load-sensitive estimates: best single epoch hand {hb:.0f}, vaekit {vb:.0f}, ratio {vb / hb:.3f}; "
+        f"per CPU-second (process CPU time) hand {hc:.0f}, vaekit {vc:.0f}, ratio {vc / hc:.3f}"
     )
     verdict = "OK" if ratio >= TARGET else "BELOW TARGET"
     print(

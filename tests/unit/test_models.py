@@ -152,9 +152,16 @@ def test_video_temporal_downsample_halves_time_only_in_the_first_stages() -> Non
     assert model(torch.rand(1, 1, 8, 16, 16)).recon.shape == (1, 1, 8, 16, 16)
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 15, 15), (1, 5, 28, 28), (1, 100)])
+def test_vector_latent_takes_sizes_the_strides_do_not_divide(shape: tuple[int, ...]) -> None:
+    # MNIST is 28×28 and four stride-2 stages give 2×2; the decoder's output padding restores 28 exactly
+    model = ConvVAE(shape, 4, [4, 8, 8, 8], norm="none")
+    assert model(torch.rand(2, *shape)).recon.shape == (2, *shape)
+
+
 def test_size_not_divisible_by_the_stages_names_the_keys() -> None:
     with pytest.raises(ValueError, match=r"model\.hidden_dims.*data\.image_size"):
-        ConvVAE((1, 15, 15), 4, [4, 8])
+        ConvVAE((1, 15, 15), 4, [4, 8], latent="spatial")
     spatial = ConvVAE((1, 16, 16), 2, [4, 8], latent="spatial")
     with pytest.raises(ValueError, match=r"model\.hidden_dims.*data\.image_size"):
         spatial(torch.rand(1, 1, 18, 18))

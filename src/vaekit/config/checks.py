@@ -23,5 +23,3 @@ def _check_optim(cfg: VaekitConfig, prefix: str) -> None:
         for group in optim.group_lr:
             if group not in ("encoder", "decoder"):
                 raise ConfigError(f"{prefix}{key}.group_lr.{group}: unknown group; use encoder or decoder")
-        if optim.name == "sgd" and optim.betas != (0.9, 0.999):
-            raise ConfigError(f"{prefix}{key}.betas: sgd has no betas; use {key}.momentum")

@@ -262,7 +262,8 @@ class LogConfig(Section):
 
 # ---------------------------------------------------------------------------------------- stages
 class StageConfig(BaseModel):
-    """One phase of a pipeline. Any top-level section may be overridden (``data``, ``loss``, ``optim``, …)."""
+    """One phase of a pipeline. It may override the sections ``data``, ``loss``, ``optim``, ``disc_optim``,
+    ``train`` and ``log``; the model (architecture) and the run are the same in every stage."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -57,33 +57,24 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
     lines = []
     run_dir = f"{cfg.run.dir}/{cfg.run.name}" if cfg.run.name else f"{cfg.run.dir}/<source>-<arch>-<timestamp>"
     lines.append(f"run        {run_dir}  (seed {cfg.run.seed})" + (f"  preset {cfg.preset}" if cfg.preset else ""))
-    shape = None
+    infos = _stage_data(stages) if build else {}
+    first = stages[0].cfg.data
     if build:
-        from vaekit.data import build_data
-
-        info = build_data(cfg.data, cfg.run.seed).info
-        shape = info.shape
-        lines.append(f"data       {info.description}")
+        lines.append(f"data       {infos[stages[0].index].description}")
     else:
-        lines.append(f"data       {cfg.data.source} {cfg.data.path or ''}".rstrip())
+        lines.append(f"data       {first.source} {first.path or ''}".rstrip())
     m = cfg.model
     model_line = f"model      {m.arch} latent {m.latent_dim} ({m.latent}), hidden {m.hidden_dims}, norm {m.norm}, {m.activation}"
-    if shape is not None:
-        from vaekit.models import build_discriminator, build_model, count_parameters
-
-        model = build_model(m, shape, cfg.loss.recon)
-        model_line += f", {count_parameters(model):,} parameters, latent shape {tuple(model.latent_shape)}"
-        adv = next((s for s in stages if s.adversarial), None)
-        if adv is not None:
-            disc = build_discriminator(adv.cfg.loss.adversarial.discriminator, shape)
-            model_line += f"; discriminator {count_parameters(disc):,} parameters"
+    if build:
+        model_line += _build_models(cfg, stages, infos)
     lines.append(model_line)
     t = cfg.train
-    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs"
-    lines.append(
-        f"train      {length}, batch {t.batch_size} (global) × accumulation {t.grad_accum}, precision {t.precision}"
-        + (f", EMA {t.ema.decay:g}" if t.ema.enabled else "")
-    )
+    if cfg.stages:
+        length = f"{len(stages)} stages (below)"
+    else:
+        length = (f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs") + f", batch {t.batch_size} (global)"
+        length += f" × accumulation {t.grad_accum}"
+    lines.append(f"train      {length}, precision {t.precision}" + (f", EMA {t.ema.decay:g}" if t.ema.enabled else ""))
     lines.append(
         f"checkpoint every {t.ckpt_every or '-'} steps and each epoch, keep {t.keep_last}; validate "
         + (f"every {t.val_every} steps" if t.val_every else "each epoch")
@@ -102,18 +93,16 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
                 rule = f"{spec.metric} {spec.mode} {spec.threshold:g}" if spec.threshold is not None else spec.metric
                 if spec.plateau_window:
                     rule += f" or plateau <{spec.plateau_threshold or 1e-3:g} over {spec.plateau_window}"
-                limit = spec.max_steps and f"{spec.max_steps} steps" or spec.max_epochs and f"{spec.max_epochs} epochs"
-                length = (length + ", " if length else "") + f"until {rule} (at most {limit})"
+                limit = f"{spec.max_steps} steps" if spec.max_steps else f"{spec.max_epochs} epochs" if spec.max_epochs else ""
+                length = (length + ", " if length else "") + f"until {rule}" + (f" (at most {limit})" if limit else "")
+            if build:
+                lines.append(f"  data     {infos[st.index].description}")
             frozen = st.frozen_groups(frozen)
             groups = ["encoder", "decoder"] + (["discriminator"] if st.adversarial else [])
             trains = [g for g in groups if g not in frozen]
             lines.append(f"  length   {length}")
             lines.append(f"  trains   {', '.join(trains)}" + (f"; frozen {', '.join(sorted(frozen))}" if frozen else ""))
-            lines.append(
-                f"  data     {c.data.source} size {c.data.image_size or 'native'}"
-                + (f", {c.data.frames} frames" if c.data.source == "moving_shapes" else "")
-                + f", batch {c.train.batch_size} × accum {c.train.grad_accum}"
-            )
+            lines.append(f"  batch    {c.train.batch_size} (global) × accumulation {c.train.grad_accum}")
             if spec.init_from:
                 lines.append(f"  init     {spec.init_from}")
         for term in objective_terms(c.loss):
@@ -122,3 +111,48 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
         if st.adversarial:
             lines.append(f"  d-optim  {describe_optim(c.disc_optim)}")
     return "\n".join(lines)
+
+
+def _stage_data(stages: list) -> dict[int, object]:
+    """Each stage's DataInfo (data read once per distinct data section); a bad setting is a ConfigError."""
+    import json
+
+    from vaekit.config.load import ConfigError
+    from vaekit.data import DataError, build_data
+
+    seen: dict[str, object] = {}
+    out: dict[int, object] = {}
+    for st in stages:
+        key = json.dumps(st.cfg.data.model_dump(mode="json"), sort_keys=True)
+        if key not in seen:
+            try:
+                seen[key] = build_data(st.cfg.data, st.cfg.run.seed).info
+            except DataError:
+                raise
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        out[st.index] = seen[key]
+    return out
+
+
+def _build_models(cfg: VaekitConfig, stages: list, infos: dict) -> str:
+    """Build the model (and discriminator) for the first stage's data and check every stage's data fits it."""
+    from vaekit.config.load import ConfigError
+    from vaekit.models import build_discriminator, build_model, count_parameters
+
+    shape = tuple(infos[stages[0].index].shape)
+    try:
+        model = build_model(cfg.model, shape, cfg.loss.recon)
+        text = f", {count_parameters(model):,} parameters, latent shape {tuple(model.latent_shape)}"
+        adv = next((s for s in stages if s.adversarial), None)
+        if adv is not None:
+            disc = build_discriminator(adv.cfg.loss.adversarial.discriminator, shape)
+            text += f"; discriminator {count_parameters(disc):,} parameters"
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for st in stages[1:]:
+        try:
+            model.latent_shape_for(tuple(infos[st.index].shape))
+        except ValueError as err:
+            raise ConfigError(f"stages.{st.index} ({st.name}): {err}") from None
+    return text

@@ -1,8 +1,8 @@
-"""Video: procedural moving shapes (source ``moving_shapes``) and a PyAV clip reader for video files.
+"""Video: procedural moving shapes (source ``moving_shapes``) and video files (source ``video_folder``).
 
 `make_moving_shapes` moves one dSprites-style sprite (see `shapes`) with constant velocity over T frames,
-bouncing off the walls. `read_video_clips` decodes a .mp4/.avi/.mkv/.webm file into non-overlapping clips; it is
-the groundwork for a future video-folder source and is not yet reachable from `DataConfig`.
+bouncing off the walls. `read_video_clips` decodes a .mp4/.avi/.mkv/.webm file into non-overlapping clips with
+PyAV; `build_video_folder` reads every file under ``data.path`` that way and holds the clips in memory.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vaekit.config.load import ConfigError, dump_config
 from vaekit.config.schema import VaekitConfig
-from vaekit.data import BatchLoader, DataBundle, DataError, build_data
+from vaekit.data import ArraySource, BatchLoader, DataBundle, DataError, build_data
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.ema import EMA
 from vaekit.engine.optim import Schedule, build_optimizer
@@ -114,12 +114,15 @@ class Trainer:
         set_seed(cfg.run.seed, deterministic=cfg.train.deterministic)
         first = self.stages[0]
         self.info = self._data_for(first).info
-        self.model = build_model(cfg.model, self.info.shape, cfg.loss.recon).to(self.device)
         self.disc: nn.Module | None = None
-        adv_stage = next((s for s in self.stages if s.adversarial), None)
-        if adv_stage is not None:
-            adv = adv_stage.cfg.loss.adversarial
-            self.disc = build_discriminator(adv.discriminator, self.info.shape).to(self.device)
+        try:  # a model that cannot take this data names the keys to change
+            self.model = build_model(cfg.model, self.info.shape, cfg.loss.recon).to(self.device)
+            adv_stage = next((s for s in self.stages if s.adversarial), None)
+            if adv_stage is not None:
+                adv = adv_stage.cfg.loss.adversarial
+                self.disc = build_discriminator(adv.discriminator, self.info.shape).to(self.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         ema_cfg = cfg.train.ema
         self.ema = EMA(self.model, ema_cfg.decay) if ema_cfg.enabled else None
         # The latent noise and the input corruption are drawn for the *global* batch from one generator shared by
@@ -133,6 +136,7 @@ class Trainer:
         self._checkpoint: dict[str, Any] | None = None
         self._elapsed_before = 0.0
         self._last_log = (self._start_time, 0)
+        self._last_val_step = -1
 
     # ------------------------------------------------------------------------------------ setup
     def _make_run_dir(self, run_dir: Path | None, resume: bool) -> Path:
@@ -141,7 +145,7 @@ class Trainer:
         if self.is_main:
             if run_dir is None:
                 run_dir = self._new_run_dir()
-            elif not resume and run_dir.exists() and any(run_dir.iterdir()):
+            if not resume and run_dir.exists() and any(run_dir.iterdir()):
                 if not self.cfg.run.overwrite:
                     raise ConfigError(
                         f"run.name: run directory {str(run_dir)!r} already exists; resume it with "
@@ -172,12 +176,26 @@ class Trainer:
         if key not in self._data_cache:
             self._data_cache.clear()  # one stage's data in memory at a time
             try:
-                self._data_cache[key] = build_data(stage.cfg.data, stage.cfg.run.seed, self.arrays)
+                data = build_data(stage.cfg.data, stage.cfg.run.seed, self.arrays)
             except DataError:
                 raise
             except ValueError as err:  # a data setting that cannot work; the message names the key
                 raise ConfigError(str(err)) from None
+            self._data_cache[key] = self._to_device(data)
         return self._data_cache[key]
+
+    def _to_device(self, data: DataBundle) -> DataBundle:
+        """In-memory data that fit in a quarter of the free GPU memory move there once: batches are then
+        gathered on the GPU, with no per-step host-to-device copy."""
+        if self.device.type != "cuda":
+            return data
+        sources = [s for s in (data.train, data.val) if isinstance(s, ArraySource)]
+        nbytes = sum(s.x.numel() * s.x.element_size() for s in sources)
+        if nbytes and nbytes < 0.25 * torch.cuda.mem_get_info(self.device)[0]:
+            train = data.train.to(self.device) if isinstance(data.train, ArraySource) else data.train
+            val = data.val.to(self.device) if isinstance(data.val, ArraySource) else data.val
+            return DataBundle(train, val, data.info)
+        return data
 
     def _groups(self) -> dict[str, nn.Module]:
         groups = {"encoder": self.model.encoder, "decoder": self.model.decoder}
@@ -523,7 +541,7 @@ class Trainer:
             self.console.write(f"stage {spec.name!r} ends at step {st.step}: {reason}")
         if self.epoch_meter:
             self._epoch_record(rt)
-        if not st.history or st.history[-1].get("split") != "val" or st.history[-1]["step"] != st.step:
+        if self._last_val_step != st.step:
             self._validate(rt)
         st.stage_done = True
         self._save(rt)
@@ -584,15 +602,18 @@ class Trainer:
                     out = model(x)
                     _, terms = rt.objective(x, out, self.state.step)
                 meter.add(tuple(terms), torch.stack([t.float() for t in terms.values()]), x.shape[0])
-                m = out.mean.float().flatten(1)  # (B, D): every latent element is a unit
+                channels = out.mean.shape[1]
+                m = out.mean.float().flatten(1)  # (B, C·P)
                 part = torch.stack([m.sum(0), (m * m).sum(0), torch.full_like(m[0], m.shape[0])])
                 mom = part if mom is None else mom + part
         means = meter.means(self.accelerator.reduce)
         if mom is not None:
             mom = self.accelerator.reduce(mom, reduction="sum")
-            var = mom[1] / mom[2] - (mom[0] / mom[2]) ** 2
-            means["active_units"] = float((var > 0.01).sum().item())
+            var = mom[1] / mom[2] - (mom[0] / mom[2]) ** 2  # per latent element, over the validation set
+            # as objectives.kl.active_units: a unit is a channel, its variance averaged over positions
+            means["active_units"] = float((var.view(channels, -1).mean(1) > 0.01).sum().item())
         record = {**self._where(rt, "val"), **means}
+        self._last_val_step = self.state.step
         self.tracker.log(record)
         self.state.history.append(record)
         for name, value in means.items():
@@ -636,6 +657,7 @@ class Trainer:
         st = self.state
         st.clock = rt.clock.state_dict()
         st.epoch_meter = self.epoch_meter.state_dict()
+        st.log_meter = self.log_meter.state_dict()
         st.elapsed = self._elapsed()
         rngs = gather_object([ckpt.rng_state()]) if self.world > 1 else [ckpt.rng_state()]
         if self.is_main:
@@ -674,6 +696,7 @@ class Trainer:
             self.accelerator.scaler.load_state_dict(data["optim"]["scaler"])
         ckpt.set_rng_state(data["rng"])
         self.epoch_meter.load_state_dict(self.state.epoch_meter, self.device)
+        self.log_meter.load_state_dict(self.state.log_meter, self.device)
         self._checkpoint = data
         self._elapsed_before = self.state.elapsed
         self._start_time = time.time()

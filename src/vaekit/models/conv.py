@@ -85,7 +85,13 @@ class ConvVAE(VAE):
             ((2 if i < temporal_downsample else 1, 2, 2) if dims == 3 else (2,) * dims) for i in range(n)
         ]
         self.factors = tuple(math.prod(s[a] for s in self.strides) for a in range(dims))  # per axis
-        bottom = self._check_size(self.input_shape[1:])  # latent spatial size
+        # Spatial sizes after each down-stage (kernel 3, padding 1: ceil(size / stride)). A vector latent is built
+        # for one input size, so any size works (the decoder's output padding undoes the rounding); a spatial
+        # latent must work at every size, so the strides must divide it.
+        sizes = [tuple(self.input_shape[1:])]
+        for st in self.strides:
+            sizes.append(tuple(-(-d // f) for d, f in zip(sizes[-1], st, strict=True)))
+        bottom = sizes[-1] if latent == "vector" else self._check_size(self.input_shape[1:])
         self.latent_shape = (latent_dim,) if latent == "vector" else (latent_dim, *bottom)
         self.latent_dim = latent_dim
         conv, conv_t, k = CONV[dims], CONV_TRANSPOSE[dims], self.out_multiplier
@@ -121,9 +127,11 @@ class ConvVAE(VAE):
         up = []
         for i in reversed(range(n)):
             s = self.strides[i]
-            layer = conv_t(
-                hidden_dims[i], outs[i], 3, stride=s, padding=1, output_padding=tuple(x - 1 for x in s)
-            )
+            if latent == "vector":  # restore size_i exactly from size_{i+1}
+                pad = tuple(a - (b - 1) * st - 1 for a, b, st in zip(sizes[i], sizes[i + 1], s, strict=True))
+            else:
+                pad = tuple(x - 1 for x in s)
+            layer = conv_t(hidden_dims[i], outs[i], 3, stride=s, padding=1, output_padding=pad)
             up.append(stage(layer, outs[i]))
         self.decoder.add_module("blocks", CheckpointedSequential(*up))
         self.decoder.add_module("head", conv(hidden_dims[0], k * channels, 3, padding=1))
@@ -152,7 +160,8 @@ class ConvVAE(VAE):
                 f"ConvVAE with model.latent=vector was built for size {self.input_shape[1:]}, got {size}; "
                 "use model.latent=spatial to change data.image_size between stages"
             )
-        self._check_size(size)
+        if self.latent == "spatial":
+            self._check_size(size)
         return super().encode(x)
 
     @classmethod
