@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return _dispatch(args)
-    except KeyboardInterrupt:
-        print("vaekit: interrupted; resume with `vaekit train --resume RUN_DIR`", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        text = str(err) or "interrupted; resume with `vaekit train --resume RUN_DIR`"
+        print(f"vaekit: {text}", file=sys.stderr)
         return 130
     except Exception as err:  # user-fixable problems become one line; everything else is a real bug
         line = _user_error(err)

@@ -86,13 +86,8 @@ def test_metrics_jsonl_records_carry_position_and_every_term(run, records) -> No
         assert all(math.isfinite(r[k]) for k in LOSS_TERMS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: trainer.py _end_stage re-validates when history[-1] is not a val record at this step; the "
-    "end-of-stage epoch record appended just before hides the validation that val_every already ran at the "
-    "last step, so step 12 is validated, logged (jsonl, TensorBoard, console) and sampled twice",
-)
 def test_each_validation_is_logged_once(records) -> None:
+    # val_every=6 validates at the last step (12); the end of the stage must not validate (and log) it again
     keys = [(r["step"], r["split"]) for r in records]
     assert len(keys) == len(set(keys)), keys
 
@@ -216,7 +211,7 @@ def test_fp16_on_cpu_is_refused_clearly_or_really_applied(tmp_path: Path, capsys
     except ConfigError as err:  # a clear refusal is good behaviour
         assert "train.precision" in str(err) and "\n" not in str(err)
         return
-    err = capsys.readouterr().err
+    said = [line for line in capsys.readouterr().err.replace(str(tmp_path), "").splitlines() if "fp16" in line]
     fp32 = vaekit.train(tiny_tree(tmp_path / "runs", "fp32", train={"max_steps": 3, "precision": "no"}))
     # a working run must either compute in fp16 (different numbers) or say that it does not
-    assert _losses(fp16) != _losses(fp32) or "fp16" in err, "fp16 silently trained in float32"
+    assert _losses(fp16) != _losses(fp32) or said, "fp16 silently trained in float32"

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,8 +37,8 @@ from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.ema import EMA
 from vaekit.engine.optim import Schedule, build_optimizer
 from vaekit.engine.state import Meter, NonFiniteWatch, TrainState
-from vaekit.models import build_discriminator, build_model, count_parameters
-from vaekit.objectives import DiscriminatorObjective, VAEObjective, corrupt, likelihood_mean
+from vaekit.models import build_discriminator, build_model, count_parameters, model_summary
+from vaekit.objectives import DiscriminatorObjective, VAEObjective, corrupt, kl_per_element, likelihood_mean
 from vaekit.pipeline.stages import Stage, StageClock, resolve_stages
 from vaekit.tracking.media import recon_grid, sample_grid
 from vaekit.tracking.plots import plot_curves
@@ -46,6 +48,10 @@ from vaekit.utils import set_seed
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN/Inf; the last good checkpoint is left intact."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived: the run saved a checkpoint at the end of the current step and stopped."""
 
 
 @dataclass
@@ -331,6 +337,14 @@ class Trainer:
         )
         verb = f"resuming at step {resumed_at} in" if resumed_at is not None else "run directory:"
         self.console.write(f"{verb} {self.run_dir}")
+        self.console.write(f"data: {self.info.description}")
+        self.console.write(f"model: {self.cfg.model.arch}, {count_parameters(self.model):,} parameters")
+        if self.is_main and resumed_at is None:
+            text = model_summary(self.model)
+            if self.disc is not None:
+                text += "\n\ndiscriminator\n" + model_summary(self.disc)
+            (self.run_dir / "model.txt").write_text(text + "\n")
+        previous = self._catch_signals()
         try:
             for stage in self.stages[self.state.stage_index :]:
                 resuming = self._checkpoint is not None and self.state.stage_index == stage.index
@@ -340,9 +354,34 @@ class Trainer:
                 self._run_stage(stage, resuming)
             self._finish()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.console.close()
             self.tracker.close()
         return self.state
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM (Ctrl-C, a preempted job) end the run cleanly at the next step boundary with a
+        checkpoint; a second signal interrupts at once."""
+        self._signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _stop_requested(self, log_step: bool) -> bool:
+        """Whether a signal asked to stop; with several processes they agree on logging steps (one sync)."""
+        if self.world == 1:
+            return self._signal is not None
+        if not log_step:
+            return False
+        flag = torch.tensor(float(self._signal is not None), device=self.device)
+        return self.accelerator.reduce(flag, reduction="sum").item() > 0
 
     def _run_stage(self, stage: Stage, resuming: bool) -> None:
         rt = self._build_stage(stage, resuming)
@@ -511,6 +550,12 @@ class Trainer:
                 reason = done
         if reason is None and cfg.train.ckpt_every is not None and st.step % cfg.train.ckpt_every == 0:
             self._save(rt)
+        if reason is None and self._stop_requested(st.step % cfg.log.every == 0):
+            self._save(rt)
+            name = signal.Signals(self._signal).name if self._signal else "a signal"
+            raise TrainingInterrupted(
+                f"{name}: stopped at step {st.step} with a checkpoint; resume with `vaekit train --resume {self.run_dir}`"
+            )
         return reason
 
     def _after_epoch(self, rt: StageRuntime) -> str | None:
@@ -590,7 +635,10 @@ class Trainer:
         model = self.ema.shadow if self.ema is not None else self.model
         model.eval()
         meter = Meter()
-        mom = None  # per latent dim: [sum m, sum m², n] for active units
+        latent = self.model.latent_shape_for(tuple(rt.data.info.shape))
+        channels = latent[0]
+        # per latent element, summed over samples: posterior mean, its square, KL, count
+        mom = torch.zeros(4, math.prod(latent), device=self.device)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.run.seed + 7919)
@@ -598,20 +646,24 @@ class Trainer:
                 if cfg.train.val_batches is not None and i >= cfg.train.val_batches:
                     break
                 x = batch["x"].to(self.device)
+                if x.shape[0] == 0:  # the last batch split over processes can leave one empty
+                    continue
                 with self.accelerator.autocast():
                     out = model(x)
                     _, terms = rt.objective(x, out, self.state.step)
                 meter.add(tuple(terms), torch.stack([t.float() for t in terms.values()]), x.shape[0])
-                channels = out.mean.shape[1]
                 m = out.mean.float().flatten(1)  # (B, C·P)
-                part = torch.stack([m.sum(0), (m * m).sum(0), torch.full_like(m[0], m.shape[0])])
-                mom = part if mom is None else mom + part
+                kl = kl_per_element(out.mean, out.logvar).flatten(1)
+                mom += torch.stack([m.sum(0), (m * m).sum(0), kl.sum(0), torch.full_like(m[0], m.shape[0])])
         means = meter.means(self.accelerator.reduce)
-        if mom is not None:
-            mom = self.accelerator.reduce(mom, reduction="sum")
-            var = mom[1] / mom[2] - (mom[0] / mom[2]) ** 2  # per latent element, over the validation set
-            # as objectives.kl.active_units: a unit is a channel, its variance averaged over positions
-            means["active_units"] = float((var.view(channels, -1).mean(1) > 0.01).sum().item())
+        mom = self.accelerator.reduce(mom, reduction="sum") if self.world > 1 else mom
+        if mom[3, 0] > 0:
+            # a latent dimension is a channel (spatial latents: averaged over positions), as in objectives.kl
+            n = mom[3]
+            var = (mom[1] / n - (mom[0] / n) ** 2).view(channels, -1).mean(1)
+            kl_dim = (mom[2] / n).view(channels, -1).mean(1) * (mom.shape[1] // channels)  # nats per dim
+            stats = torch.stack([(var > 0.01).sum().float(), kl_dim.mean(), kl_dim.max()]).tolist()
+            means.update(zip(("active_units", "kl_dim_mean", "kl_dim_max"), stats, strict=True))
         record = {**self._where(rt, "val"), **means}
         self._last_val_step = self.state.step
         self.tracker.log(record)

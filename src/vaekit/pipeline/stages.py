@@ -139,7 +139,8 @@ def produced_metrics(cfg: VaekitConfig) -> set[str]:
             train_only.add("r1")
         if loss.adversarial.feature_matching > 0:
             train_only.add("feature_matching")
-    return {f"train/{t}" for t in terms | train_only} | {f"val/{t}" for t in terms} | {"val/active_units"}
+    val_only = {"val/active_units", "val/kl_dim_mean", "val/kl_dim_max"}
+    return {f"train/{t}" for t in terms | train_only} | {f"val/{t}" for t in terms} | val_only
 
 
 # ------------------------------------------------------------------------------------ the clock
