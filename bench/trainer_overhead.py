@@ -165,6 +165,7 @@ def worker_vaekit(args: argparse.Namespace) -> dict:
         orig_init(self, *a, **k)
         info["init_seconds"] = time.perf_counter() - t0
         info["init_checksum"] = _param_checksum(self.model)
+        info["n_train"] = self.info.n_train
 
     def set_epoch(self, epoch):  # noqa: ANN001
         if self.shuffle:  # the training loader; validation never calls set_epoch, but be explicit
@@ -190,7 +191,13 @@ def worker_vaekit(args: argparse.Namespace) -> dict:
     config = {
         "run": {"dir": args.run_dir, "name": "vaekit", "seed": args.seed, "overwrite": True},
         "data": {"source": "mnist", "path": str(args.mnist)},
-        "model": {"arch": "mlp", "hidden_dims": HIDDEN, "latent_dim": LATENT, "norm": "none", "activation": "relu"},
+        "model": {
+            "arch": "mlp",
+            "hidden_dims": HIDDEN,
+            "latent_dim": LATENT,
+            "norm": "none",
+            "activation": "relu",
+        },
         "loss": {"recon": "bce"},
         "optim": {"name": "adam", "lr": LR},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size},
@@ -206,17 +213,23 @@ def worker_vaekit(args: argparse.Namespace) -> dict:
     epoch_secs = [e - s for s, e in zip(starts, ends, strict=True)]
 
     # Cross-check from vaekit's own metrics.jsonl: per epoch, the span between its first and last train record.
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    records = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if line
+    ]
     train_recs = [r for r in records if r.get("split") == "train" and "samples_per_sec" in r]
     jsonl_spans = []
     for ep in sorted({r["epoch"] for r in train_recs}):
         recs = [r for r in train_recs if r["epoch"] == ep]
         if len(recs) >= 2:
             jsonl_spans.append(
-                {"epoch": ep, "steps": recs[-1]["step"] - recs[0]["step"], "seconds": recs[-1]["time"] - recs[0]["time"]}
+                {
+                    "epoch": ep,
+                    "steps": recs[-1]["step"] - recs[0]["step"],
+                    "seconds": recs[-1]["time"] - recs[0]["time"],
+                }
             )
     x_val, _ = load_mnist(args.mnist, "val")
-    steps = 60000 // args.batch_size
+    steps = info["n_train"] // args.batch_size  # train.drop_last=true (the default)
     return {
         "side": "vaekit",
         "epoch_seconds": epoch_secs,
@@ -226,7 +239,9 @@ def worker_vaekit(args: argparse.Namespace) -> dict:
         "val_neg_elbo": _eval_elbo(result.model, x_val),
         "threads_end": torch.get_num_threads(),
         "setup_seconds": starts[0] - t_call,
-        "epoch_end_seconds": [d - e for e, d in zip(ends, marks["after_epoch_done"])],  # val + samples + ckpt
+        "epoch_end_seconds": [
+            d - e for e, d in zip(ends, marks["after_epoch_done"], strict=False)
+        ],  # val + samples + ckpt
         "after_last_epoch_seconds": t_done - ends[-1],  # final val, checkpoint, export, plots
         "call_seconds": t_done - t_call,
         "jsonl_spans": jsonl_spans,
@@ -281,7 +296,10 @@ def main() -> None:
         print(json.dumps(worker_vaekit(args)))
         return
 
-    if not (args.mnist / "train-images-idx3-ubyte.gz").is_file() and not (args.mnist / "train-images-idx3-ubyte").is_file():
+    if (
+        not (args.mnist / "train-images-idx3-ubyte.gz").is_file()
+        and not (args.mnist / "train-images-idx3-ubyte").is_file()
+    ):
         raise SystemExit(f"--mnist {args.mnist}: no MNIST IDX files there")
     print(
         f"trainer overhead benchmark: MLP VAE 784-400-{LATENT} BCE, MNIST 60000 in memory, batch {args.batch_size}, "
@@ -307,7 +325,11 @@ def main() -> None:
                 )
                 if side == "vaekit":
                     spans = res["jsonl_spans"]
-                    j = sum(s["steps"] for s in spans) * args.batch_size / max(sum(s["seconds"] for s in spans), 1e-9)
+                    j = (
+                        sum(s["steps"] for s in spans)
+                        * args.batch_size
+                        / max(sum(s["seconds"] for s in spans), 1e-9)
+                    )
                     line += (
                         f"\n                  metrics.jsonl cross-check {j:.0f} samples/s; setup {res['setup_seconds']:.2f}s, "
                         f"epoch-end val+samples+ckpt {sum(res['epoch_end_seconds']):.2f}s, "
@@ -319,15 +341,24 @@ def main() -> None:
     vk = [samples_per_sec(r, args.batch_size) for r in results["vaekit"]]
     init_same = len({round(r["init_checksum"], 6) for rs in results.values() for r in rs}) == 1
     threads_same = {r["threads_end"] for rs in results.values() for r in rs} == {args.threads}
-    print(f"  same initial weights on both sides: {init_same}; thread count kept at {args.threads}: {threads_same}")
+    print(
+        f"  same initial weights on both sides: {init_same}; thread count kept at {args.threads}: {threads_same}"
+    )
     if args.json is not None:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=1))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=1)
+        )
     h, v = statistics.median(hand), statistics.median(vk)
     ratio = v / h
     hc = statistics.median(samples_per_sec(r, args.batch_size, "epoch_cpu_seconds") for r in results["hand"])
-    vc = statistics.median(samples_per_sec(r, args.batch_size, "epoch_cpu_seconds") for r in results["vaekit"])
+    vc = statistics.median(
+        samples_per_sec(r, args.batch_size, "epoch_cpu_seconds") for r in results["vaekit"]
+    )
+
     def best_epoch(side: str) -> float:
-        return max(r["steps_per_epoch"] * args.batch_size / t for r in results[side] for t in r["epoch_seconds"])
+        return max(
+            r["steps_per_epoch"] * args.batch_size / t for r in results[side] for t in r["epoch_seconds"]
+        )
 
     hb, vb = best_epoch("hand"), best_epoch("vaekit")
     print(

@@ -110,8 +110,6 @@ class Trainer:
         self.rank = self.accelerator.process_index
         if self.device.type == "cuda" and not cfg.train.deterministic:
             torch.backends.cudnn.benchmark = True  # shapes are fixed within a stage: let cuDNN pick kernels
-        self.run_dir = self._make_run_dir(run_dir, resume)
-        self.ckpt_dir = self.run_dir / "checkpoints"
         self.state = TrainState()
         self._data_cache: dict[str, DataBundle] = {}
         self._start_time = time.time()
@@ -129,6 +127,9 @@ class Trainer:
                 self.disc = build_discriminator(adv.discriminator, self.info.shape).to(self.device)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        # the run directory only once data and model are known to work: a bad config leaves nothing behind
+        self.run_dir = self._make_run_dir(run_dir, resume)
+        self.ckpt_dir = self.run_dir / "checkpoints"
         ema_cfg = cfg.train.ema
         self.ema = EMA(self.model, ema_cfg.decay) if ema_cfg.enabled else None
         # The latent noise and the input corruption are drawn for the *global* batch from one generator shared by
@@ -152,12 +153,15 @@ class Trainer:
             if run_dir is None:
                 run_dir = self._new_run_dir()
             if not resume and run_dir.exists() and any(run_dir.iterdir()):
-                if not self.cfg.run.overwrite:
+                trained = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
+                if trained and not self.cfg.run.overwrite:
                     raise ConfigError(
-                        f"run.name: run directory {str(run_dir)!r} already exists; resume it with "
+                        f"run.name: run directory {str(run_dir)!r} already holds a run; resume it with "
                         f"`vaekit train --resume {run_dir}`, choose another run.name, or set run.overwrite=true"
                     )
-                shutil.rmtree(run_dir)
+                if not (run_dir / "config.yaml").is_file():
+                    raise ConfigError(f"run.name: {str(run_dir)!r} exists and is not a vaekit run directory")
+                shutil.rmtree(run_dir)  # a run that never checkpointed (it failed early), or overwrite=true
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "samples").mkdir(exist_ok=True)
             if not resume:
