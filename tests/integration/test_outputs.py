@@ -169,12 +169,21 @@ def test_second_run_with_the_same_name_is_refused_unless_overwrite(tmp_path: Pat
     """config.schema RunConfig.overwrite: "Default: refuse, suggest --resume"."""
     cfg = tiny_tree(tmp_path / "runs", "same", train={"max_steps": 3})
     vaekit.train(cfg)
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(ConfigError, match=r"run\.name: .*--resume"):
         vaekit.train(tiny_tree(tmp_path / "runs", "same", train={"max_steps": 2}))
     # with run.overwrite the old run is replaced, not mixed into the new one
     again = vaekit.train(tiny_tree(tmp_path / "runs", "same", train={"max_steps": 2}, run={"overwrite": True}))
     assert sorted(p.name for p in (again.run_dir / "checkpoints").iterdir()) == ["step_00000002"]
     assert [r["step"] for r in read_jsonl(again.run_dir / "metrics.jsonl")] == [2]
+
+
+def test_run_that_failed_on_its_data_can_be_rerun_under_the_same_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.path"):
+        vaekit.train(tiny_tree(tmp_path / "runs", "retry", data={"source": "mnist", "num_samples": None}))
+    # nothing was trained: the corrected command may take the name (no --resume of a run that never ran)
+    result = vaekit.train(tiny_tree(tmp_path / "runs", "retry", train={"max_steps": 2}))
+    assert result.run_dir == tmp_path / "runs" / "retry"
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["data"]["source"] == "shapes"
 
 
 # ------------------------------------------------------------------------------------------ precision
@@ -183,7 +192,7 @@ def _losses(result) -> list[float]:
 
 
 def test_bf16_trains_on_cpu_with_finite_loss(tmp_path: Path) -> None:
-    result = vaekit.train(tiny_tree(tmp_path / "runs", "bf16", train={"max_steps": 6, "precision": "bf16"}))
+    result = vaekit.train(tiny_tree(tmp_path / "runs", "bf16", train={"max_steps": 3, "precision": "bf16"}))
     assert result.config.train.precision == "bf16"
     assert result.history and all(math.isfinite(v) for v in _losses(result))
     assert all(math.isfinite(v) for v in result.summary["final_val"].values())
