@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-# One thread per test process keeps timings stable when the machine is shared.
+# Two threads: the CI machine's two cores, without oversubscribing them when torch picks its own default.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

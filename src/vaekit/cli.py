@@ -106,18 +106,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("config OK")
         return 0
 
-    # train
-    import vaekit.engine.api as api
+    # train: the config is checked before torch is imported, so a typo answers at once
     from vaekit.config.load import load_config, resolve_dict
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.resume:
         if config is not None:
             overrides = [config, *overrides] if "=" in config else overrides
+        import vaekit.engine.api as api
+
         result = api.train(resume=args.resume, overrides=overrides)
     else:
         cfg = load_config(resolve_dict(config, overrides, preset=args.preset))
         _check_weights(cfg)
+        import vaekit.engine.api as api
+
         result = api.train(cfg)
     if _is_main():
         print(Path(result.run_dir))

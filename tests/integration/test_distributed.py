@@ -99,12 +99,6 @@ def test_two_processes_train_like_one_with_the_same_global_batch(runs) -> None:
         assert r2["active_units"] == r1["active_units"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: validation samples z with the global torch RNG re-seeded identically on every rank "
-    "(trainer.py _validate: torch.manual_seed(seed + 7919) then model(x)), so rank 1 reuses rank 0's noise "
-    "instead of the single process's; val recon/mse/loss depend on the world size",
-)
 def test_two_processes_validate_like_one(runs) -> None:
     val1 = [r for r in read_jsonl(runs[1]["run_dir"] / "metrics.jsonl") if r["split"] == "val"]
     val2 = [r for r in read_jsonl(runs[2]["run_dir"] / "metrics.jsonl") if r["split"] == "val"]

@@ -208,11 +208,6 @@ def test_precision_can_change_between_runs_in_one_process(tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: train.precision=fp16 on a CPU-only machine silently trains in float32 (Accelerate drops fp16 "
-    "on CPU without a word): neither an error naming train.precision nor fp16 compute",
-)
 def test_fp16_on_cpu_is_refused_clearly_or_really_applied(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     tree = tiny_tree(tmp_path / "runs", "half", train={"max_steps": 3, "precision": "fp16"})
     try:

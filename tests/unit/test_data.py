@@ -432,3 +432,10 @@ def test_build_data_tensor_source_needs_arrays() -> None:
         build_data(DataConfig(source="tensor"), seed=0)
     b = build_data(DataConfig(source="tensor", num_samples=10), seed=0, arrays={"x": torch.rand(30, 5)})
     assert b.info.n_train + b.info.n_val == 10
+
+
+def test_arrays_with_nan_are_refused_naming_the_argument() -> None:
+    x = torch.rand(10, 4)
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="x: contains NaN"):
+        from_arrays(x)

@@ -96,6 +96,9 @@ def from_arrays(
             raise ValueError("val_y: give labels for both x and val_x, or for neither")
 
     parts = [t for t in (train_x, val_x_t) if t.numel()]
+    for name, t in (("x", train_x), ("val_x", val_x_t)):
+        if t.numel() and not torch.isfinite(t).all():
+            raise ValueError(f"{name}: contains NaN or Inf values; clean or impute them before training")
     lo = min((float(t.min()) for t in parts), default=0.0)
     hi = max((float(t.max()) for t in parts), default=0.0)
     if modality in EXPECTED_RANGE:

@@ -103,6 +103,9 @@ class Trainer:
         # Accelerate keeps its state in a process-wide singleton that refuses a second precision; a later run in
         # the same Python process (a notebook, a sweep) gets a fresh one. The process group is left alone.
         AcceleratorState._reset_state(reset_partial_state=False)
+        if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+            # Accelerate would silently train in fp32; say so instead
+            raise ConfigError("train.precision: 'fp16' needs a CUDA GPU; use 'bf16' (or 'no') on this machine")
         self.accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=cpu_ddp)
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
@@ -631,6 +634,17 @@ class Trainer:
             kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint had been written yet"
             raise NonFiniteLossError(f"non-finite loss at step {step + 1} in term(s) {', '.join(names)}{kept}")
 
+    def _check_weights_finite(self) -> None:
+        """A finite loss can still come with an overflowing gradient step: check the weights too (one sync)."""
+        modules = [m for m in (self.model, self.disc) if m is not None]
+        ok = torch.stack([torch.isfinite(p).all() for m in modules for p in m.parameters()]).all()
+        if self.world > 1:
+            ok = self.accelerator.reduce((~ok).float(), reduction="sum") == 0
+        if not bool(ok):
+            last = ckpt.latest_checkpoint(self.ckpt_dir)
+            kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint had been written yet"
+            raise NonFiniteLossError(f"non-finite weights after step {self.state.step}{kept}")
+
     @torch.no_grad()
     def _validate(self, rt: StageRuntime) -> dict[str, float]:
         """Loss terms over the validation set (clean inputs, EMA weights when enabled), reduced over processes;
@@ -644,16 +658,23 @@ class Trainer:
         # per latent element, summed over samples: posterior mean, its square, KL, count
         mom = torch.zeros(4, math.prod(latent), device=self.device)
         devices = [self.device] if self.device.type == "cuda" else []
+        # Validation noise: its own generator, drawn for the global batch like training's, so validation does
+        # not touch the training RNG and N processes report what one would.
+        gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed + 7919)
+        n_val, batch_size = len(rt.data.val), cfg.train.batch_size
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(cfg.run.seed + 7919)
             for i, batch in enumerate(rt.val_loader.iter_from(0)):
                 if cfg.train.val_batches is not None and i >= cfg.train.val_batches:
                     break
                 x = batch["x"].to(self.device)
+                global_b = min(batch_size, n_val - i * batch_size)
+                sizes = [len(c) for c in torch.tensor_split(torch.arange(global_b), self.world)]
+                lo = sum(sizes[: self.rank])
+                noise = torch.randn((global_b, *latent), generator=gen, device=self.device)[lo : lo + x.shape[0]]
                 if x.shape[0] == 0:  # the last batch split over processes can leave one empty
                     continue
                 with self.accelerator.autocast():
-                    out = model(x)
+                    out = model(x, noise=noise)
                     _, terms = rt.objective(x, out, self.state.step)
                 meter.add(tuple(terms), torch.stack([t.float() for t in terms.values()]), x.shape[0])
                 m = out.mean.float().flatten(1)  # (B, C·P)
@@ -708,8 +729,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
     def _save(self, rt: StageRuntime) -> None:
-        """Checkpoint the exact position (after the blocks of this step ran). Refuses if a loss went non-finite."""
+        """Checkpoint the exact position (after the blocks of this step ran). Refuses if a loss or a weight went
+        non-finite, so the checkpoint on disk is always a good one."""
         self._check_finite()
+        self._check_weights_finite()
         st = self.state
         st.clock = rt.clock.state_dict()
         st.epoch_meter = self.epoch_meter.state_dict()
