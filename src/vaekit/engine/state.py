@@ -58,8 +58,18 @@ class Meter:
         if bucket is None:
             self.buckets[keys] = [values.detach().float() * count, count]
         else:
-            bucket[0] = bucket[0] + values.detach().float() * count
+            bucket[0].add_(values, alpha=count)
             bucket[1] += count
+
+    def merge(self, other: Meter) -> None:
+        """Add another meter's sums into this one (a few ops per flush, not per step)."""
+        for keys, (vec, n) in other.buckets.items():
+            bucket = self.buckets.get(keys)
+            if bucket is None:
+                self.buckets[keys] = [vec.clone(), n]
+            else:
+                bucket[0].add_(vec)
+                bucket[1] += n
 
     def __bool__(self) -> bool:
         return bool(self.buckets)
@@ -99,23 +109,14 @@ class Meter:
 
 
 class NonFiniteWatch:
-    """Remembers, on the device, the first step whose loss terms were not finite and which terms they were."""
+    """Remembers, on the device, the first step whose loss terms were not finite (three tiny ops per step).
+
+    Which terms they were is read from the logging window's sums at the next check: NaN and Inf persist in a sum.
+    """
 
     def __init__(self, device: torch.device):
         self.first = torch.full((), -1, dtype=torch.long, device=device)
-        self.flags: dict[tuple[str, ...], torch.Tensor] = {}
 
-    def observe(self, step: int, keys: tuple[str, ...], values: torch.Tensor) -> None:
-        bad = ~torch.isfinite(values.detach())
-        new = (self.first < 0) & bad.any()
-        self.first = torch.where(new, step, self.first)
-        flags = self.flags.get(keys)
-        self.flags[keys] = (new & bad) if flags is None else (flags | (new & bad))
-
-    def first_bad(self) -> tuple[int, list[str]] | None:
-        """(step, names of the non-finite terms) of the first bad step, or None. Syncs with the host."""
-        step = int(self.first.item())
-        if step < 0:
-            return None
-        names = [n for keys, f in self.flags.items() for n, b in zip(keys, f.tolist(), strict=True) if b]
-        return step, sorted(set(names))
+    def observe(self, step: int, values: torch.Tensor) -> None:
+        bad = ~torch.isfinite(values.sum())
+        self.first = torch.where((self.first < 0) & bad, step, self.first)

@@ -141,8 +141,11 @@ class Trainer:
         self.watch = NonFiniteWatch(self.device)
         self.tracker: Tracker | None = None
         self.console = Console(self.is_main, cfg.log.progress)
+        # loss terms: each step adds to `window`; at a log/epoch/checkpoint boundary it is folded into both
+        self.window = Meter()
         self.epoch_meter = Meter()
         self.log_meter = Meter()
+        self._autocast = self.accelerator.autocast if cfg.train.precision != "no" else nullcontext
         self._checkpoint: dict[str, Any] | None = None
         self._elapsed_before = 0.0
         self._last_log = (self._start_time, 0)
@@ -281,7 +284,9 @@ class Trainer:
         gen_params = [p for ps in gen_groups.values() for p in ps]
         generator = None
         if gen_params:
-            opt = self.accelerator.prepare_optimizer(build_optimizer(gen_groups, cfg.optim), device_placement=False)
+            if not cfg.optim.group_lr:  # one group: one fused update instead of one per group
+                gen_groups = {"autoencoder": [p for ps in gen_groups.values() for p in ps]}
+            opt = self._prepare_optimizer(build_optimizer(gen_groups, cfg.optim))
             generator = Update("generator", opt, Schedule(opt, cfg.optim.scheduler, total), gen_params, cfg.optim.grad_clip)
 
         discriminator, d_objective = None, None
@@ -289,9 +294,7 @@ class Trainer:
             d_params = [p for p in self.disc.parameters() if p.requires_grad]
             d_objective = DiscriminatorObjective(cfg.loss).to(self.device)
             if d_params:
-                opt = self.accelerator.prepare_optimizer(
-                    build_optimizer({"discriminator": d_params}, cfg.disc_optim), device_placement=False
-                )
+                opt = self._prepare_optimizer(build_optimizer({"discriminator": d_params}, cfg.disc_optim))
                 discriminator = Update(
                     "discriminator", opt, Schedule(opt, cfg.disc_optim.scheduler, total), d_params,
                     cfg.disc_optim.grad_clip, start_step=cfg.loss.adversarial.start_step,
@@ -316,6 +319,19 @@ class Trainer:
             disc_ddp=disc_ddp,
             forward_model=forward_model,
         )
+
+    def _prepare_optimizer(self, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """fp16 needs Accelerate's wrapper (it runs the grad scaler); otherwise the plain optimizer is used, as
+        the wrapper only adds per-step overhead."""
+        if self.accelerator.scaler is None:
+            return opt
+        return self.accelerator.prepare_optimizer(opt, device_placement=False)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator.scaler is None:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)  # scales the loss for fp16
 
     def _init_from(self, source: str) -> None:
         path = Path(source)
@@ -399,6 +415,8 @@ class Trainer:
             st.stage_index, st.stage_name, st.stage_step, st.epoch, st.batch_in_epoch = stage.index, stage.name, 0, 0, 0
             st.stage_done, st.clock = False, {}
             self.epoch_meter.reset()
+            self.log_meter.reset()
+            self.window.reset()
         rt.clock.load_state_dict(st.clock)
         self._checkpoint = None
         self._train_mode()
@@ -445,13 +463,18 @@ class Trainer:
             x = batch["x"].to(self.device, non_blocking=True)
             x_in, noise = self._noise(x, cfg)
             sync = nullcontext() if i == n - 1 else acc.no_sync(rt.model_ddp)
-            with sync, acc.autocast():
+            with sync, self._autocast():
                 out = rt.forward_model(x_in, noise=noise)
                 loss, terms = rt.objective(
-                    x, out, step, discriminator=self.disc if adv_on else None, last_layer=last_layer
+                    x,
+                    out,
+                    step,
+                    discriminator=self.disc if adv_on else None,
+                    last_layer=last_layer,
+                    detailed=log_now,
                 )
             if gen.params:
-                acc.backward(loss / n)
+                self._backward(loss / n if n > 1 else loss)
             self._record(step, terms, x.shape[0])
             if adv_on:
                 fakes.append(out.recon.detach())  # raw likelihood parameters; the d-objective maps them
@@ -466,9 +489,9 @@ class Trainer:
             for i, (batch, fake) in enumerate(zip(batches, fakes, strict=True)):
                 real = batch["x"].to(self.device, non_blocking=True)
                 sync = nullcontext() if i == n - 1 else acc.no_sync(rt.disc_ddp)
-                with sync, acc.autocast():
+                with sync, self._autocast():
                     d_loss, d_terms = rt.d_objective(real, fake, step, rt.disc_ddp)
-                acc.backward(d_loss / n)
+                self._backward(d_loss / n if n > 1 else d_loss)
                 self._record(step, d_terms, real.shape[0])
             d_norm = self._optimizer_step(disc, log_now)
 
@@ -487,7 +510,7 @@ class Trainer:
                 if d_norm is not None:
                     extra["disc_grad_norm"] = d_norm
             keys = tuple(extra)
-            self.log_meter.add(keys, torch.stack([v.float().to(self.device) for v in extra.values()]))
+            self.window.add(keys, torch.stack([v.float().to(self.device) for v in extra.values()]))
 
     def _noise(self, x: torch.Tensor, cfg: VaekitConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """(corrupted input, latent noise) for this rank's slice, drawn for the global batch."""
@@ -505,11 +528,18 @@ class Trainer:
         return x_in, noise
 
     def _record(self, step: int, terms: dict[str, torch.Tensor], count: int) -> None:
-        keys = tuple(terms)
-        values = torch.stack([t.detach().float() for t in terms.values()])
-        self.watch.observe(step, keys, values)
-        self.log_meter.add(keys, values, count)
-        self.epoch_meter.add(keys, values, count)
+        values = torch.stack(list(terms.values()))  # the objectives return detached fp32 0-d terms
+        if self.cfg.train.nan_policy == "skip" and not bool(torch.isfinite(values).all()):
+            return  # a skipped batch is counted, not averaged in (this policy syncs every step)
+        self.watch.observe(step, values)
+        self.window.add(tuple(terms), values, count)
+
+    def _fold(self) -> None:
+        """Move the step window's sums into the logging and epoch meters."""
+        if self.window:
+            self.log_meter.merge(self.window)
+            self.epoch_meter.merge(self.window)
+            self.window.reset()
 
     def _optimizer_step(self, update: Update, log_now: bool) -> torch.Tensor | None:
         """Clip (the norm is only computed when clipping or logging), step, zero, advance the schedule."""
@@ -520,7 +550,6 @@ class Trainer:
         if self.cfg.train.nan_policy == "skip" and update.params and not self._grads_finite(update):
             self.state.skipped_batches += 1  # documented: this policy syncs with the host every step
             update.optimizer.zero_grad(set_to_none=True)
-            self.watch = NonFiniteWatch(self.device)
             return norm
         update.optimizer.step()
         update.optimizer.zero_grad(set_to_none=True)
@@ -591,6 +620,7 @@ class Trainer:
                 )
         elif reason != "length":
             self.console.write(f"stage {spec.name!r} ends at step {st.step}: {reason}")
+        self._fold()
         if self.epoch_meter:
             self._epoch_record(rt)
         if self._last_val_step != st.step:
@@ -602,6 +632,7 @@ class Trainer:
     def _log_train(self, rt: StageRuntime) -> dict[str, float]:
         self._check_finite()
         now = time.time()
+        self._fold()
         means = self.log_meter.means(self.accelerator.reduce)
         self.log_meter.reset()
         last = self._last_log
@@ -614,6 +645,7 @@ class Trainer:
         return means
 
     def _epoch_record(self, rt: StageRuntime) -> None:
+        self._fold()
         means = self.epoch_meter.means(self.accelerator.reduce)
         self.epoch_meter.reset()
         record = {**self._where(rt, "train"), "kind": "epoch", **means}
@@ -629,7 +661,10 @@ class Trainer:
         if self.world > 1:
             flag = self.accelerator.reduce(flag, reduction="sum")
         if flag.item() > 0 and self.cfg.train.nan_policy == "stop":
-            step, names = self.watch.first_bad() or (self.state.step, ["(on another process)"])
+            step = int(self.watch.first.item())
+            recent = {**self.log_meter.means(), **self.window.means()}  # NaN/Inf persist in these sums
+            names = sorted(k for k, v in recent.items() if not math.isfinite(v)) or ["(on another process)"]
+            step = step if step >= 0 else self.state.step
             last = ckpt.latest_checkpoint(self.ckpt_dir)
             kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint had been written yet"
             raise NonFiniteLossError(f"non-finite loss at step {step + 1} in term(s) {', '.join(names)}{kept}")
@@ -673,7 +708,7 @@ class Trainer:
                 noise = torch.randn((global_b, *latent), generator=gen, device=self.device)[lo : lo + x.shape[0]]
                 if x.shape[0] == 0:  # the last batch split over processes can leave one empty
                     continue
-                with self.accelerator.autocast():
+                with self._autocast():
                     out = model(x, noise=noise)
                     _, terms = rt.objective(x, out, self.state.step)
                 meter.add(tuple(terms), torch.stack([t.float() for t in terms.values()]), x.shape[0])
@@ -715,7 +750,7 @@ class Trainer:
         )
         x = x.to(self.device)
         kind = cfg.loss.recon
-        with self.accelerator.autocast():
+        with self._autocast():
             recon = likelihood_mean(kind, model(x, sample_posterior=False).recon).float()
             gen = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
             prior = likelihood_mean(kind, model.sample(n, generator=gen, input_shape=tuple(x.shape[1:]))).float()
@@ -735,6 +770,7 @@ class Trainer:
         self._check_weights_finite()
         st = self.state
         st.clock = rt.clock.state_dict()
+        self._fold()
         st.epoch_meter = self.epoch_meter.state_dict()
         st.log_meter = self.log_meter.state_dict()
         st.elapsed = self._elapsed()

@@ -22,9 +22,9 @@ from vaekit.objectives.adversarial import (
     g_nonsaturating_loss,
     r1_penalty,
 )
-from vaekit.objectives.kl import kl_loss
+from vaekit.objectives.kl import kl_loss, kl_per_element
 from vaekit.objectives.perceptual import PerceptualLoss
-from vaekit.objectives.reconstruction import likelihood_mean, mse_per_element, reconstruction_nll
+from vaekit.objectives.reconstruction import likelihood_mean, mse_per_element, reconstruction_loss
 from vaekit.objectives.schedules import capacity, kl_weight
 from vaekit.objectives.spectral import multi_resolution_stft_loss
 
@@ -66,6 +66,7 @@ class VAEObjective(nn.Module):
         step: int,
         discriminator: nn.Module | None = None,
         last_layer: Tensor | None = None,
+        detailed: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute the loss.
 
@@ -75,6 +76,8 @@ class VAEObjective(nn.Module):
             step: the optimizer step (schedules, adversarial start).
             discriminator: called on the likelihood mean; ``return_features=True`` with feature matching.
             last_layer: the decoder's last weight, needed for the adaptive adversarial weight.
+            detailed: also report the diagnostics ``mse`` and ``kl_weight`` (the trainer asks on logging steps
+                only: they are not part of the loss and cost a pass over the batch).
 
         Returns:
             ``(total, terms)``: a 0-d loss and detached 0-d terms (``loss``, ``recon``, ``mse``, ``kl``,
@@ -83,19 +86,25 @@ class VAEObjective(nn.Module):
         """
         cfg = self.cfg
         terms: dict[str, Tensor] = {}
-        fake = likelihood_mean(cfg.recon, out.recon)
+        adv = cfg.adversarial
+        adv_on = adv.weight > 0 and discriminator is not None and step >= adv.start_step
+        needs_fake = self.perceptual is not None or cfg.spectral.weight > 0 or adv_on
+        fake = likelihood_mean(cfg.recon, out.recon) if needs_fake else None
 
-        nll = reconstruction_nll(cfg.recon, out.recon, target, out.recon_logvar).mean()
+        nll = reconstruction_loss(cfg.recon, out.recon, target, out.recon_logvar)
         terms["recon"] = nll
-        terms["mse"] = mse_per_element(fake.detach(), target).mean()
+        if detailed:
+            with torch.no_grad():
+                mean = fake if fake is not None else likelihood_mean(cfg.recon, out.recon)
+                terms["mse"] = mse_per_element(mean, target).mean()
         numel = target[0].numel()  # elements per sample
-        rec_loss = cfg.recon_weight * nll
+        rec_loss = nll if cfg.recon_weight == 1.0 else cfg.recon_weight * nll
 
         if self.perceptual is not None:
             perceptual = self.perceptual(fake, target).mean()
             terms["perceptual"] = perceptual
             rec_loss = rec_loss + cfg.perceptual.weight * numel * perceptual
-        total = rec_loss + self._kl_term(out, step, terms)
+        total = rec_loss + self._kl_term(out, step, terms, detailed)
 
         if cfg.spectral.weight > 0:
             spec = cfg.spectral
@@ -112,17 +121,16 @@ class VAEObjective(nn.Module):
             terms["spectral"] = spectral
             total = total + spec.weight * numel * spectral
 
-        adv = cfg.adversarial
-        if adv.weight > 0 and discriminator is not None and step >= adv.start_step:
+        if adv_on:
             total = total + self._adversarial_term(fake, target, rec_loss, discriminator, last_layer, terms)
 
         terms["loss"] = total
         return total, {name: value.detach() for name, value in terms.items()}
 
-    def _kl_term(self, out: VAEOutputLike, step: int, terms: dict[str, Tensor]) -> Tensor:
+    def _kl_term(self, out: VAEOutputLike, step: int, terms: dict[str, Tensor], detailed: bool) -> Tensor:
         """The KL part of the loss; records ``kl`` (raw, nats per sample), ``kl_weight`` and ``capacity``."""
         kl_cfg = self.cfg.kl
-        kl_raw = kl_loss(out.mean, out.logvar).mean()
+        kl_raw = kl_per_element(out.mean, out.logvar).sum() / out.mean.shape[0]
         kl = kl_loss(out.mean, out.logvar, kl_cfg.free_bits).mean() if kl_cfg.free_bits > 0 else kl_raw
         terms["kl"] = kl_raw
         if kl_cfg.schedule == "capacity":
@@ -131,8 +139,9 @@ class VAEObjective(nn.Module):
             terms["kl_weight"] = _scalar(kl_cfg.gamma, kl)
             return kl_cfg.gamma * (kl - target_kl).abs()
         weight = kl_weight(step, kl_cfg, self.cfg.beta)
-        terms["kl_weight"] = _scalar(weight, kl)
-        return weight * kl
+        if detailed:
+            terms["kl_weight"] = _scalar(weight, kl)
+        return kl if weight == 1.0 else weight * kl
 
     def _adversarial_term(
         self,

@@ -52,6 +52,29 @@ def reconstruction_nll(
     return per_element.flatten(1).sum(1)
 
 
+def reconstruction_loss(
+    kind: str, recon: Tensor, target: Tensor, recon_logvar: Tensor | None = None
+) -> Tensor:
+    """``reconstruction_nll(...).mean()`` as one fused reduction (the training step's hot path): a 0-d fp32
+    loss, summed over data dimensions and averaged over the batch."""
+    if kind == "gaussian":
+        return reconstruction_nll(kind, recon, target, recon_logvar).mean()
+    if recon.shape != target.shape:
+        raise ValueError(
+            f"recon shape {tuple(recon.shape)} does not match target shape {tuple(target.shape)}"
+        )
+    recon, target = recon.float(), target.float()
+    if kind == "mse":
+        total = F.mse_loss(recon, target, reduction="sum")
+    elif kind == "l1":
+        total = F.l1_loss(recon, target, reduction="sum")
+    elif kind == "bce":
+        total = F.binary_cross_entropy_with_logits(recon, target, reduction="sum")
+    else:
+        raise ValueError(f"unknown loss.recon {kind!r}; choose one of {RECON_KINDS}")
+    return total / target.shape[0]
+
+
 def likelihood_mean(kind: str, recon: Tensor) -> Tensor:
     """The likelihood's mean in data space: ``sigmoid(logits)`` for ``bce``, ``recon`` itself otherwise."""
     return torch.sigmoid(recon) if kind == "bce" else recon
