@@ -109,14 +109,37 @@ class Meter:
 
 
 class NonFiniteWatch:
-    """Remembers, on the device, the first step whose loss terms were not finite (three tiny ops per step).
+    """Finds the first step whose loss terms were not finite, for one tiny op per step.
 
-    Which terms they were is read from the logging window's sums at the next check: NaN and Inf persist in a sum.
+    Each step's terms are summed (NaN and Inf persist in a sum) and the 0-d sum is kept; ``first_bad`` stacks them
+    at the next check (a logging step or a checkpoint), so the step costs no host sync. Which terms were bad is
+    read from the logging window's sums.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, limit: int = 1024):
         self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.limit = limit
+        self._steps: list[int] = []
+        self._sums: list[torch.Tensor] = []
 
     def observe(self, step: int, values: torch.Tensor) -> None:
-        bad = ~torch.isfinite(values.sum())
-        self.first = torch.where((self.first < 0) & bad, step, self.first)
+        self._steps.append(step)
+        self._sums.append(values.sum())
+        if len(self._sums) >= self.limit:  # bound the memory when checks are rare
+            self._collapse()
+
+    def _collapse(self) -> None:
+        if not self._sums:
+            return
+        bad = ~torch.isfinite(torch.stack(self._sums))
+        steps = torch.tensor(self._steps, device=bad.device)
+        first_here = torch.where(bad, steps, torch.iinfo(torch.long).max).min()
+        found = bad.any() & (self.first < 0)
+        self.first = torch.where(found, first_here, self.first)
+        self._steps.clear()
+        self._sums.clear()
+
+    def first_bad(self) -> torch.Tensor:
+        """The first non-finite step as a 0-d tensor (-1: none), still on the device."""
+        self._collapse()
+        return self.first

@@ -657,11 +657,12 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Raise (on every process) if any process saw a non-finite loss term. One host sync."""
-        flag = (self.watch.first >= 0).float()
+        first = self.watch.first_bad()
+        flag = (first >= 0).float()
         if self.world > 1:
             flag = self.accelerator.reduce(flag, reduction="sum")
         if flag.item() > 0 and self.cfg.train.nan_policy == "stop":
-            step = int(self.watch.first.item())
+            step = int(first.item())
             recent = {**self.log_meter.means(), **self.window.means()}  # NaN/Inf persist in these sums
             names = sorted(k for k, v in recent.items() if not math.isfinite(v)) or ["(on another process)"]
             step = step if step >= 0 else self.state.step
