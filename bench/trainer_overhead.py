@@ -3,7 +3,8 @@
 Both sides train ``MLPVAE((1, 28, 28), 20, [400], recon_kind="bce", norm="none", activation="relu")`` (784-400-20),
 built right after ``vaekit.utils.set_seed(seed)`` so the initial weights are identical (checked), on the MNIST
 training set read by vaekit's IDX reader into one float32 tensor, batch 128 (468 full batches per epoch, the last
-partial batch dropped on both sides), Adam lr 1e-3, the same ``torch.set_num_threads`` / ``OMP_NUM_THREADS``.
+partial batch dropped on both sides), Adam lr 1e-3, the same ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` and
+the same allocator setting (``vaekit.utils.tune_cpu_allocator``, which the trainer applies on the CPU).
 
 What is timed, identically on both sides: each epoch's training, from the start of the epoch to the end of its
 last optimizer step, in samples/s (468 x 128 samples / seconds).
@@ -89,7 +90,12 @@ def _eval_elbo(model, x_val) -> float:  # noqa: ANN001
 def _setup_threads(threads: int) -> None:
     import torch
 
+    from vaekit.utils import tune_cpu_allocator
+
     torch.set_num_threads(threads)
+    # vaekit's trainer keeps freed heap between steps on the CPU; give the hand-written loop the same allocator
+    # setting so the ratio measures the trainer, not malloc.
+    tune_cpu_allocator()
 
 
 # ------------------------------------------------------------------------------------------- hand-written

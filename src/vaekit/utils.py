@@ -28,3 +28,20 @@ def get_device() -> torch.device:
         return torch.device("mps")
     return torch.device("cpu")
 
+
+
+def tune_cpu_allocator(top_pad_bytes: int = 512 << 20) -> bool:
+    """Keep up to ``top_pad_bytes`` of freed heap instead of returning it to the OS after every step (glibc's
+    ``M_TOP_PAD``). Training on the CPU allocates and frees the same large activation buffers each step; with
+    glibc's defaults every step pays fresh page faults for them (about a third of a conv VAE's step time on 2
+    cores, measured). Returns whether the setting took effect (False off glibc)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-2, top_pad_bytes))  # -2: M_TOP_PAD
+    except (OSError, AttributeError):
+        return False

@@ -43,7 +43,7 @@ from vaekit.pipeline.stages import Stage, StageClock, resolve_stages
 from vaekit.tracking.media import recon_grid, sample_grid
 from vaekit.tracking.plots import plot_curves
 from vaekit.tracking.tracker import Console, Tracker
-from vaekit.utils import set_seed
+from vaekit.utils import set_seed, tune_cpu_allocator
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,6 +113,8 @@ class Trainer:
         self.rank = self.accelerator.process_index
         if self.device.type == "cuda" and not cfg.train.deterministic:
             torch.backends.cudnn.benchmark = True  # shapes are fixed within a stage: let cuDNN pick kernels
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # keep freed activation memory in the heap between steps
         self.state = TrainState()
         self._data_cache: dict[str, DataBundle] = {}
         self._start_time = time.time()
