@@ -221,7 +221,8 @@ class EMAConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=0)
+    epochs: int = Field(3, ge=0)
+    """Epochs (the default run, 3 epochs of the procedural shapes, takes a few minutes on 2 CPU cores)."""
     max_steps: int | None = Field(None, ge=0)
     """Stop after this many optimizer steps (wins over epochs when both are set)."""
     batch_size: int = Field(64, ge=1)
