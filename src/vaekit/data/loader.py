@@ -131,6 +131,8 @@ class BatchLoader:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=False,
+            # the workers' base seed comes from here, not from the global RNG (which resume restores exactly)
+            generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch),
         )
         it = iter(loader)
         for b in lists:

@@ -83,7 +83,7 @@ def _run(cfg: VaekitConfig, arrays: dict | None, run_dir: Path | None, checkpoin
     state = trainer.fit()
     summary_path = trainer.run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    model = trainer.ema.shadow if trainer.ema is not None else trainer.model
+    model = trainer.eval_model()
     return TrainResult(
         run_dir=trainer.run_dir,
         history=state.history,

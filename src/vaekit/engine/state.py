@@ -27,9 +27,6 @@ class TrainState:
     skipped_batches: int = 0
     """Non-finite batches skipped (``train.nan_policy: skip``)."""
     clock: dict[str, Any] = field(default_factory=dict)
-    epoch_meter: dict[str, Any] = field(default_factory=dict)
-    log_meter: dict[str, Any] = field(default_factory=dict)
-    """Partial sums of the epoch / the logging window at the checkpoint, so logs after a resume are whole."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """Per-epoch (and end-of-stage) train/val records of the whole run."""
     elapsed: float = 0.0

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vaekit.config.load import ConfigError, dump_config
-from vaekit.config.schema import VaekitConfig
+from vaekit.config.schema import SchedulerConfig, VaekitConfig
 from vaekit.data import ArraySource, BatchLoader, DataBundle, DataError, build_data
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.ema import EMA
@@ -260,6 +260,11 @@ class Trainer:
         except ValueError as err:
             raise ConfigError(f"stages.{stage.index} ({stage.name}): {err}") from None
         batch, seed = cfg.train.batch_size, cfg.run.seed
+        if self.world > 1 and not cfg.train.drop_last:
+            raise ConfigError(
+                "train.drop_last: false is not supported with several processes (a partial last batch would "
+                "split unevenly across them); keep the default true"
+            )
         common = {"rank": self.rank, "world_size": self.world, "num_workers": cfg.data.num_workers}
         train_loader = BatchLoader(data.train, batch, shuffle=True, drop_last=cfg.train.drop_last, seed=seed, **common)
         val_loader = BatchLoader(data.val, batch, shuffle=False, drop_last=False, seed=seed, **common)
@@ -273,6 +278,8 @@ class Trainer:
 
         if not resuming and stage.spec.init_from:
             self._init_from(stage.spec.init_from)
+            if self.ema is not None:
+                self.ema.copy_from(self.model)  # the average starts from the loaded weights
         if not resuming:
             self.state.frozen = sorted(stage.frozen_groups(set(self.state.frozen)))
         self._apply_freezing(set(self.state.frozen))
@@ -302,8 +309,14 @@ class Trainer:
                     cfg.disc_optim.grad_clip, start_step=cfg.loss.adversarial.start_step,
                 )
         if generator is None:  # only the discriminator trains: the generator update still runs its forward
-            generator = Update("generator", _NoOptimizer(), Schedule(_NoOptimizer(), cfg.optim.scheduler, None), [], None)
+            none = SchedulerConfig(name="none")
+            generator = Update("generator", _NoOptimizer(), Schedule(_NoOptimizer(), none, None), [], None)
 
+        # the objective may hold a network (perceptual) whose init draws random numbers: seed it on its own, so
+        # it is the same network in a resumed run and the training RNG is untouched
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(cfg.run.seed + 104729)
+            objective = VAEObjective(cfg.loss).to(self.device)
         model_ddp = self._wrap(self.model)
         disc_ddp = self._wrap(self.disc) if self.disc is not None and stage.adversarial else None
         forward_model = torch.compile(model_ddp) if cfg.train.compile else model_ddp
@@ -312,7 +325,7 @@ class Trainer:
             data=data,
             train_loader=train_loader,
             val_loader=val_loader,
-            objective=VAEObjective(cfg.loss).to(self.device),
+            objective=objective,
             d_objective=d_objective,
             generator=generator,
             discriminator=discriminator,
@@ -413,6 +426,9 @@ class Trainer:
         st = self.state
         if resuming:
             self._restore_optim(rt)
+            # building the stage (a perceptual network's init, data loaders) may draw from the global RNG:
+            # restore it again so the next batch sees exactly the state the checkpoint saw
+            ckpt.set_rng_state(self._checkpoint["rng"]["rng"])
         else:
             st.stage_index, st.stage_name, st.stage_step, st.epoch, st.batch_in_epoch = stage.index, stage.name, 0, 0, 0
             st.stage_done, st.clock = False, {}
@@ -480,6 +496,7 @@ class Trainer:
             self._record(step, terms, x.shape[0])
             if adv_on:
                 fakes.append(out.recon.detach())  # raw likelihood parameters; the d-objective maps them
+        lr = gen.schedule.get_lr() if log_now else 0.0  # the learning rate this step used
         gen_norm = self._optimizer_step(gen, log_now)
 
         # discriminator update: detached reconstructions of the same batch, its own optimizer
@@ -504,7 +521,7 @@ class Trainer:
             elif step + 1 > ema.start_step and (step + 1) % ema.every == 0:
                 self.ema.update(self.model)
         if log_now:
-            extra = {"lr": torch.tensor(gen.schedule.get_lr())}
+            extra = {"lr": torch.tensor(lr)}
             if gen_norm is not None:
                 extra["grad_norm"] = gen_norm
             if disc is not None and adv_on:
@@ -531,7 +548,7 @@ class Trainer:
 
     def _record(self, step: int, terms: dict[str, torch.Tensor], count: int) -> None:
         values = torch.stack(list(terms.values()))  # the objectives return detached fp32 0-d terms
-        if self.cfg.train.nan_policy == "skip" and not bool(torch.isfinite(values).all()):
+        if self.cfg.train.nan_policy == "skip" and self.accelerator.scaler is None and not bool(torch.isfinite(values).all()):
             return  # a skipped batch is counted, not averaged in (this policy syncs every step)
         self.watch.observe(step, values)
         self.window.add(tuple(terms), values, count)
@@ -549,13 +566,16 @@ class Trainer:
         if update.params and (update.grad_clip is not None or log_now):
             self.accelerator.unscale_gradients(optimizer=update.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(update.params, update.grad_clip or math.inf)
-        if self.cfg.train.nan_policy == "skip" and update.params and not self._grads_finite(update):
+        # under fp16 the grad scaler already skips steps with non-finite gradients (and must see every step)
+        skip_policy = self.cfg.train.nan_policy == "skip" and self.accelerator.scaler is None
+        if skip_policy and update.params and not self._grads_finite(update):
             self.state.skipped_batches += 1  # documented: this policy syncs with the host every step
             update.optimizer.zero_grad(set_to_none=True)
             return norm
         update.optimizer.step()
         update.optimizer.zero_grad(set_to_none=True)
-        update.schedule.step()
+        if not getattr(update.optimizer, "step_was_skipped", False):  # fp16 overflow: the step did not happen
+            update.schedule.step()
         return norm
 
     @staticmethod
@@ -667,10 +687,16 @@ class Trainer:
             step = int(first.item())
             recent = {**self.log_meter.means(), **self.window.means()}  # NaN/Inf persist in these sums
             names = sorted(k for k, v in recent.items() if not math.isfinite(v)) or ["(on another process)"]
-            step = step if step >= 0 else self.state.step
+            step = step if step >= 0 else self.state.step - 1
             last = ckpt.latest_checkpoint(self.ckpt_dir)
             kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint had been written yet"
             raise NonFiniteLossError(f"non-finite loss at step {step + 1} in term(s) {', '.join(names)}{kept}")
+
+    def eval_model(self) -> nn.Module:
+        """The EMA weights once the average has started, else the live model."""
+        if self.ema is not None and self.state.step >= self.cfg.train.ema.start_step:
+            return self.ema.shadow
+        return self.model
 
     def _check_weights_finite(self) -> None:
         """A finite loss can still come with an overflowing gradient step: check the weights too (one sync)."""
@@ -688,7 +714,7 @@ class Trainer:
         """Loss terms over the validation set (clean inputs, EMA weights when enabled), reduced over processes;
         active units; sample grids. Uses its own seeded RNG so training randomness is untouched."""
         cfg = rt.stage.cfg
-        model = self.ema.shadow if self.ema is not None else self.model
+        model = self.eval_model()
         model.eval()
         meter = Meter()
         latent = self.model.latent_shape_for(tuple(rt.data.info.shape))
@@ -735,6 +761,8 @@ class Trainer:
             rt.clock.observe(f"val/{name}", value)
         if "loss" in means:
             rt.generator.schedule.step_metric(means["loss"])
+            if rt.discriminator is not None:
+                rt.discriminator.schedule.step_metric(means["loss"])
         if self.is_main:
             shown = " ".join(f"{k}={v:.4g}" for k, v in means.items() if k in ("loss", "recon", "kl", "mse", "active_units"))
             self.console.write(f"{self._desc(rt)} | step {self.state.step} | val {shown}")
@@ -774,10 +802,14 @@ class Trainer:
         st = self.state
         st.clock = rt.clock.state_dict()
         self._fold()
-        st.epoch_meter = self.epoch_meter.state_dict()
-        st.log_meter = self.log_meter.state_dict()
+        # the meters hold this process's partial sums: they are saved per process, beside its RNG state
         st.elapsed = self._elapsed()
-        rngs = gather_object([ckpt.rng_state()]) if self.world > 1 else [ckpt.rng_state()]
+        local = {
+            "rng": ckpt.rng_state(),
+            "epoch_meter": self.epoch_meter.state_dict(),
+            "log_meter": self.log_meter.state_dict(),
+        }
+        rngs = gather_object([local]) if self.world > 1 else [local]
         if self.is_main:
             modules = {"model": self.model}
             if self.disc is not None:
@@ -812,9 +844,9 @@ class Trainer:
         self.noise_gen.set_state(data["optim"]["noise_generator"])
         if "scaler" in data["optim"] and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(data["optim"]["scaler"])
-        ckpt.set_rng_state(data["rng"])
-        self.epoch_meter.load_state_dict(self.state.epoch_meter, self.device)
-        self.log_meter.load_state_dict(self.state.log_meter, self.device)
+        ckpt.set_rng_state(data["rng"]["rng"])
+        self.epoch_meter.load_state_dict(data["rng"]["epoch_meter"], self.device)
+        self.log_meter.load_state_dict(data["rng"]["log_meter"], self.device)
         self._checkpoint = data
         self._elapsed_before = self.state.elapsed
         self._start_time = time.time()
@@ -838,7 +870,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return
-        export = self.ema.shadow if self.ema is not None else self.model
+        export = self.eval_model()
         meta = {"config": json.dumps(export.config), "vaekit_config": json.dumps(self.cfg.model_dump(mode="json"))}
         ckpt.save_weights(export, self.run_dir / "model.safetensors", metadata=meta)
         (self.run_dir / "model_config.json").write_text(json.dumps(export.config, indent=1))
