@@ -48,11 +48,8 @@ def metrics_only(record: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in record.items() if k not in skip and isinstance(v, float)}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
-    """The same config under torchrun with 2 processes and with 1, launched side by side."""
-    root = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _launch(root: Path, env: dict[str, str]) -> dict[int, subprocess.CompletedProcess]:
+    """torchrun with 2 processes and with 1, side by side; returns the finished processes."""
     procs = {}
     for n in (2, 1):
         cfg_file = root / f"ddp{n}.yaml"
@@ -62,18 +59,35 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
             "--master_port", str(free_port()), "-m", "vaekit", "train", str(cfg_file),
         ]
         procs[n] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
-    out = {}
+    done = {}
     try:
         for n, proc in procs.items():
             stdout, stderr = proc.communicate(timeout=300)
-            assert proc.returncode == 0, f"{n} process(es): rc {proc.returncode}\n{stderr[-4000:]}"
-            out[n] = {"run_dir": root / "runs" / f"ddp{n}", "stdout": stdout, "stderr": stderr}
+            done[n] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return out
+    return done
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+    """The same config under torchrun with 2 processes and with 1, launched side by side.
+
+    A rendezvous port picked free can be taken by the time torchrun binds it: such a launch is retried."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _attempt in range(3):
+        root = tmp_path_factory.mktemp("ddp")
+        done = _launch(root, env)
+        if all(p.returncode == 0 for p in done.values()):
+            break
+        if not any("address already in use" in p.stderr.lower() or "eaddrinuse" in p.stderr.lower() for p in done.values()):
+            break
+    for n, proc in done.items():
+        assert proc.returncode == 0, f"{n} process(es): rc {proc.returncode}\n{proc.stderr[-4000:]}"
+    return {n: {"run_dir": root / "runs" / f"ddp{n}", "stdout": p.stdout, "stderr": p.stderr} for n, p in done.items()}
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(runs) -> None:
