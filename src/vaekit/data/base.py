@@ -73,11 +73,11 @@ class ArraySource:
             out["y"] = self.y[i]
         return out
 
-    def get_batch(self, idx: Tensor) -> dict[str, Tensor]:
-        """Gather the samples at ``idx`` (a LongTensor, moved to the data's device)."""
+    def get_batch(self, idx: Tensor, labels: bool = True) -> dict[str, Tensor]:
+        """Gather the samples at ``idx`` (a LongTensor, moved to the data's device); ``labels=False`` skips y."""
         idx = idx.to(self.x.device)
         out = {"x": self.x[idx]}
-        if self.y is not None:
+        if labels and self.y is not None:
             out["y"] = self.y[idx]
         return out
 

@@ -52,6 +52,7 @@ class BatchLoader:
         world_size: int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
+        labels: bool = True,
     ) -> None:
         if batch_size < 1 or batch_size % world_size:
             raise ValueError(
@@ -61,6 +62,8 @@ class BatchLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
         self.source = source
+        self.labels = labels
+        """False: in-memory batches carry only ``x`` (training needs no labels; one gather less per step)."""
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -115,7 +118,7 @@ class BatchLoader:
 
     def _iter_array(self, source: ArraySource, indices: list[Tensor]) -> Iterator[dict[str, Tensor]]:
         for idx in indices:
-            batch = source.get_batch(idx)
+            batch = source.get_batch(idx, labels=self.labels)
             if self.pin_memory and source.x.device.type == "cpu":
                 batch = {k: v.pin_memory() for k, v in batch.items()}
             yield batch

@@ -266,8 +266,13 @@ class Trainer:
                 "split unevenly across them); keep the default true"
             )
         common = {"rank": self.rank, "world_size": self.world, "num_workers": cfg.data.num_workers}
-        train_loader = BatchLoader(data.train, batch, shuffle=True, drop_last=cfg.train.drop_last, seed=seed, **common)
-        val_loader = BatchLoader(data.val, batch, shuffle=False, drop_last=False, seed=seed, **common)
+        try:
+            train_loader = BatchLoader(
+                data.train, batch, shuffle=True, drop_last=cfg.train.drop_last, seed=seed, labels=False, **common
+            )
+            val_loader = BatchLoader(data.val, batch, shuffle=False, drop_last=False, seed=seed, **common)
+        except ValueError as err:  # e.g. a batch size that the process count does not divide
+            raise ConfigError(str(err)) from None
         if len(train_loader) == 0:
             raise ConfigError(
                 f"train.batch_size: {batch} is larger than the training set ({data.info.n_train} samples)"
@@ -534,7 +539,7 @@ class Trainer:
     def _noise(self, x: torch.Tensor, cfg: VaekitConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """(corrupted input, latent noise) for this rank's slice, drawn for the global batch."""
         b, lo = x.shape[0], self.rank * x.shape[0]
-        global_b = b * self.world
+        global_b = b * self.world  # drop_last is required with several processes: equal slices
         den, g, dev = cfg.loss.denoise, self.noise_gen, self.device
         x_in = x
         if den.noise_std > 0 or den.mask_rate > 0:
@@ -543,8 +548,8 @@ class Trainer:
             keep = torch.rand(full, generator=g, device=dev)[lo : lo + b] >= den.mask_rate if den.mask_rate > 0 else None
             x_in = corrupt(x, den.noise_std, den.mask_rate, noise=gauss, keep=keep)
         latent = self.model.latent_shape_for(tuple(x.shape[1:]))
-        noise = torch.randn((global_b, *latent), generator=g, device=dev)[lo : lo + b]
-        return x_in, noise
+        noise = torch.randn((global_b, *latent), generator=g, device=dev)
+        return x_in, noise if self.world == 1 else noise[lo : lo + b]
 
     def _record(self, step: int, terms: dict[str, torch.Tensor], count: int) -> None:
         values = torch.stack(list(terms.values()))  # the objectives return detached fp32 0-d terms
