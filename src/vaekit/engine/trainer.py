@@ -56,17 +56,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class Update:
-    """One update of a step: the modules it trains, their optimizer/schedule, and how often it runs."""
+    """One update of a step: the parameters it trains, their optimizer, schedule and clipping."""
 
     name: str
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     params: list[nn.Parameter]
     grad_clip: float | None
-    start_step: int = 0
-
-    def active(self, step: int) -> bool:
-        return step >= self.start_step
 
 
 @dataclass
@@ -311,7 +307,7 @@ class Trainer:
                 opt = self._prepare_optimizer(build_optimizer({"discriminator": d_params}, cfg.disc_optim))
                 discriminator = Update(
                     "discriminator", opt, Schedule(opt, cfg.disc_optim.scheduler, total), d_params,
-                    cfg.disc_optim.grad_clip, start_step=cfg.loss.adversarial.start_step,
+                    cfg.disc_optim.grad_clip,
                 )
         if generator is None:  # only the discriminator trains: the generator update still runs its forward
             none = SchedulerConfig(name="none")
