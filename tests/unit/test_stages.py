@@ -58,6 +58,10 @@ def test_stage_overrides_any_section_without_touching_the_base() -> None:
             [{"name": "a", "steps": 1}, {"name": "b", "steps": 1, "train": {"precision": "bf16"}}],
             "stages.1.train.precision: cannot change between stages",
         ),
+        (
+            [{"name": "a", "steps": 1}, {"name": "b", "steps": 1, "train": {"ema": {"decay": 0.9}}}],
+            "stages.1.train.ema: applies to the whole run",
+        ),
     ],
 )
 def test_invalid_pipelines_are_rejected_in_one_line(stages: list[dict], message: str) -> None:

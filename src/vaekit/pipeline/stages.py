@@ -17,6 +17,7 @@ from vaekit.config.schema import StageConfig, VaekitConfig
 
 SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log")
 GROUPS = ("encoder", "decoder", "discriminator")
+RUN_WIDE_TRAIN_KEYS = ("ema", "nan_policy", "keep_last", "compile", "deterministic")
 
 
 @dataclass
@@ -116,6 +117,13 @@ def check_stages(stages: list[Stage], produced: dict[str, set[str]] | None = Non
                 )
         if st.cfg.train.precision != precision:
             raise ConfigError(f"{where}.train.precision: cannot change between stages (the run uses {precision!r})")
+        first = stages[0].cfg.train
+        for key in RUN_WIDE_TRAIN_KEYS:  # read once for the whole run: a per-stage value would be ignored
+            if getattr(st.cfg.train, key) != getattr(first, key):
+                raise ConfigError(
+                    f"{where}.train.{key}: applies to the whole run and cannot change between stages; "
+                    f"set it in the top-level train section"
+                )
         frozen = st.frozen_groups(frozen)
         trains = ({"encoder", "decoder"} - frozen) or (st.adversarial and "discriminator" not in frozen)
         if not trains:
