@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  vaekit train                                   # conv β-VAE on the built-in shapes data, a few minutes on CPU
+  vaekit train                                   # conv VAE on the built-in shapes data, a few minutes on CPU
   vaekit train cfg.yaml train.epochs=5 optim.lr=3e-4
   vaekit train --preset beta-vae data.source=mnist data.path=DIR
   vaekit train --resume runs/shapes-conv-20260101-120000
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
-    p_train = sub.add_parser("train", help="train a model (defaults: conv β-VAE on procedural shapes)")
+    p_train = sub.add_parser("train", help="train a model (defaults: conv VAE on procedural shapes; --preset beta-vae for β=4)")
     p_train.add_argument("args", nargs="*", metavar="[CONFIG] [key.path=value ...]")
     p_train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p_train.add_argument("--preset", help="start from a named preset (see `vaekit presets`)")
