@@ -78,7 +78,22 @@ def build_moving_shapes(cfg: DataConfig, seed: int) -> DataBundle:
     size = cfg.image_size or DEFAULT_SIZE
     x, y = make_moving_shapes(n, frames=cfg.frames, size=size, seed=seed)
     x = match_channels(x, cfg.channels)
-    tr, va = split_indices(n, cfg.val_fraction, seed)
+    note = "procedural bouncing sprites"
+    return _clip_bundle("moving_shapes", x, y, cfg, seed, note, factor_names=list(MOVING_FACTOR_NAMES))
+
+
+def _clip_bundle(
+    name: str,
+    x: Tensor,
+    y: Tensor | None,
+    cfg: DataConfig,
+    seed: int,
+    note: str,
+    factor_names: list[str] | None = None,
+    skipped: int = 0,
+) -> DataBundle:
+    """In-memory clips ``x (N, C, T, H, W)`` (and factors ``y``) split by ``data.val_fraction``."""
+    tr, va = split_indices(len(x), cfg.val_fraction, seed)
     shape = tuple(x.shape[1:])
     info = DataInfo(
         modality="video",
@@ -86,10 +101,12 @@ def build_moving_shapes(cfg: DataConfig, seed: int) -> DataBundle:
         n_train=len(tr),
         n_val=len(va),
         value_range=(0.0, 1.0),
-        factor_names=list(MOVING_FACTOR_NAMES),
-        description=describe("moving_shapes", len(tr), len(va), shape, "procedural bouncing sprites"),
+        factor_names=factor_names,
+        skipped=skipped,
+        description=describe(name, len(tr), len(va), shape, note),
     )
-    return DataBundle(ArraySource(x[tr], y[tr]), ArraySource(x[va], y[va]), info)
+    y_tr, y_va = (None, None) if y is None else (y[tr], y[va])
+    return DataBundle(ArraySource(x[tr], y_tr), ArraySource(x[va], y_va), info)
 
 
 def read_video_clips(
@@ -174,16 +191,5 @@ def build_video_folder(cfg: DataConfig, seed: int) -> DataBundle:
         raise DataError(f"{root}: no clip of {cfg.frames} frames could be read (data.frames too large?)")
     if cfg.num_samples:
         x = x[: cfg.num_samples]
-    n = len(x)
-    tr, va = split_indices(n, cfg.val_fraction, seed)
-    shape = tuple(x.shape[1:])
-    info = DataInfo(
-        modality="video",
-        shape=shape,
-        n_train=len(tr),
-        n_val=len(va),
-        value_range=(0.0, 1.0),
-        skipped=len(errors),
-        description=describe("video_folder", len(tr), len(va), shape, f"{len(files) - len(errors)} files in {root}"),
-    )
-    return DataBundle(ArraySource(x[tr]), ArraySource(x[va]), info)
+    note = f"{len(files) - len(errors)} files in {root}"
+    return _clip_bundle("video_folder", x, None, cfg, seed, note, skipped=len(errors))

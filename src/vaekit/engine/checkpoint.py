@@ -115,10 +115,16 @@ def save_checkpoint(
 
 
 def _fsync_dir(path: Path) -> None:
-    for child in path.iterdir() if path.is_dir() else []:
+    """Flush the files of ``path`` and the directory entry itself, so a rename into it survives a crash."""
+    for child in path.iterdir():
         if child.is_file():
             with open(child, "rb") as fh:
                 os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
