@@ -69,22 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaekit: {text}", file=sys.stderr)
         return 130
     except Exception as err:  # user-fixable problems become one line; everything else is a real bug
-        line = _user_error(err)
-        if line is None:
+        from vaekit.errors import user_message
+
+        found = user_message(err)
+        if found is None:
             raise
+        line, code = found
         print(f"vaekit: {line}", file=sys.stderr)
-        return 3 if type(err).__name__ == "NonFiniteLossError" else 2
-
-
-def _user_error(err: Exception) -> str | None:
-    kind = type(err).__name__
-    if kind == "ConfigError":
-        return f"config error: {err}"
-    if kind in ("DataError", "MissingWeightsError"):
-        return f"{'data' if kind == 'DataError' else 'weights'} error: {err}"
-    if kind == "NonFiniteLossError":
-        return f"stopped: {err}"
-    return None
+        return code
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -17,12 +17,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from vaekit.config.schema import VaekitConfig
+from vaekit.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, described in one line."""
 
 
 # ------------------------------------------------------------------------------------ presets

@@ -19,10 +19,6 @@ from torch.utils.data import Dataset
 Modality = Literal["image", "video", "audio", "tabular"]
 
 
-class DataError(ValueError):
-    """A data file is missing, corrupt or unreadable; the message names the file and the problem."""
-
-
 @dataclass
 class DataInfo:
     """What the rest of vaekit needs to know about a data set.

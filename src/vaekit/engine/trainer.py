@@ -30,13 +30,14 @@ from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vaekit.config.load import ConfigError, dump_config
+from vaekit.config.load import dump_config
 from vaekit.config.schema import SchedulerConfig, VaekitConfig
 from vaekit.data import ArraySource, BatchLoader, DataBundle, DataError, build_data
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.ema import EMA
 from vaekit.engine.optim import Schedule, build_optimizer
 from vaekit.engine.state import Meter, NonFiniteWatch, TrainState
+from vaekit.errors import ConfigError, NonFiniteLossError
 from vaekit.models import build_discriminator, build_model, count_parameters, model_summary
 from vaekit.objectives import DiscriminatorObjective, VAEObjective, corrupt, kl_per_element, likelihood_mean
 from vaekit.pipeline.stages import Stage, StageClock, resolve_stages
@@ -44,10 +45,6 @@ from vaekit.tracking.media import recon_grid, sample_grid
 from vaekit.tracking.plots import plot_curves
 from vaekit.tracking.tracker import Console, Tracker
 from vaekit.utils import set_seed, tune_cpu_allocator
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN/Inf; the last good checkpoint is left intact."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):

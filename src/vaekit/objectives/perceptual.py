@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.config.schema import PerceptualConfig
+from vaekit.errors import MissingWeightsError
 
 # Torchvision architecture and IMAGENET1K_V1 checkpoint of each backbone; the file name is the hub cache's.
 # (torchvision and lpips are imported only when a loss is built: they take seconds to import.)
@@ -27,10 +28,6 @@ _BACKBONES: dict[str, tuple[str, str]] = {
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _VGG_TAPS = (3, 8, 15, 22)  # relu1_2, relu2_2, relu3_3, relu4_3 in torchvision's vgg16().features
-
-
-class MissingWeightsError(RuntimeError):
-    """The pretrained backbone of the perceptual loss is not on disk (vaekit never downloads it)."""
 
 
 def _backbone(cfg: PerceptualConfig) -> str:
