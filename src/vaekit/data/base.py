@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vaekit.errors import DataError as DataError  # re-exported: sources raise it
+
 Modality = Literal["image", "video", "audio", "tabular"]
 
 
