@@ -9,8 +9,8 @@ number of workers, the process, or whether the run was resumed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -33,6 +33,9 @@ class DataInfo:
         factor_names: names of the columns of ``y`` (labels or generative factors), None without ``y``.
         skipped: files skipped as corrupt or unreadable (``data.on_error: skip``).
         description: a one-line summary for logs, e.g. "shapes: 18000 train / 2000 val, (1, 64, 64), ...".
+        n_test: samples in the test split (0 without one).
+        meta: JSON-able facts the run directory must keep to read the model's output (a tag vocabulary, item
+            names, normalisation statistics, the sample rate). The engine writes them to ``data_meta.json``.
     """
 
     modality: Modality
@@ -43,6 +46,8 @@ class DataInfo:
     factor_names: list[str] | None = None
     skipped: int = 0
     description: str = ""
+    n_test: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def describe(name: str, n_train: int, n_val: int, shape: tuple[int, ...], note: str) -> str:
@@ -122,6 +127,8 @@ class DataBundle:
     train: Source
     val: Source
     info: DataInfo
+    test: Source | None = None
+    """The test split, evaluated once at the end of training (None: the source has none)."""
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
