@@ -8,6 +8,8 @@ with :func:`register_model`. Reparameterisation, the likelihood heads and prior 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -129,7 +131,7 @@ class VAE(nn.Module):
         for module in self.modules():
             if isinstance(module, CheckpointedSequential):
                 module.grad_checkpointing = enabled
-        if "grad_checkpointing" in self.config:
+        if "grad_checkpointing" in getattr(self, "config", {}):
             self.config["grad_checkpointing"] = enabled
 
     @classmethod
@@ -141,6 +143,25 @@ class VAE(nn.Module):
 # ------------------------------------------------------------------------------------------ registry
 MODELS: dict[str, type[VAE]] = {}
 V = TypeVar("V", bound=type[VAE])
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def register_to_config(init: F) -> F:
+    """Decorator for a family's ``__init__``: record the arguments it was called with (defaults filled in,
+    sequences as lists) in ``self.config``, plus ``arch``, so ``build_model_from_config(model.config)`` rebuilds
+    it. The signature is the one source of truth (the idea of diffusers' ``@register_to_config``)."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: VAE, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        config = {k: list(v) if isinstance(v, tuple | list) else v for k, v in bound.arguments.items() if k != "self"}
+        # set before the body runs: a family may read its own config while building (error messages)
+        object.__setattr__(self, "config", {"arch": getattr(type(self), "arch", type(self).__name__), **config})
+        init(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def register_model(name: str) -> Callable[[V], V]:
@@ -148,6 +169,7 @@ def register_model(name: str) -> Callable[[V], V]:
 
     def register(cls: V) -> V:
         MODELS[name] = cls
+        cls.arch = name
         return cls
 
     return register

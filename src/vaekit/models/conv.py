@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from vaekit.config.schema import ModelConfig
-from vaekit.models.base import VAE, register_model
+from vaekit.models.base import VAE, register_model, register_to_config
 from vaekit.models.layers import CONV, CONV_TRANSPOSE, CheckpointedSequential, build_activation, build_norm
 
 
@@ -36,6 +36,7 @@ class ConvVAE(VAE):
         grad_checkpointing: recompute each stage in backward (training only).
     """
 
+    @register_to_config
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -51,20 +52,6 @@ class ConvVAE(VAE):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__(recon_kind, gaussian_logvar)
-        self.config = dict(
-            arch="conv",
-            input_shape=list(input_shape),
-            latent_dim=latent_dim,
-            hidden_dims=list(hidden_dims),
-            latent=latent,
-            norm=norm,
-            activation=activation,
-            dropout=dropout,
-            temporal_downsample=temporal_downsample,
-            recon_kind=recon_kind,
-            gaussian_logvar=gaussian_logvar,
-            grad_checkpointing=grad_checkpointing,
-        )
         dims = len(input_shape) - 1
         if dims not in CONV:
             raise ValueError(

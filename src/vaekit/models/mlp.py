@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from vaekit.config.schema import ModelConfig
-from vaekit.models.base import VAE, register_model
+from vaekit.models.base import VAE, register_model, register_to_config
 from vaekit.models.layers import CheckpointedSequential, build_activation, build_norm
 
 
@@ -37,6 +37,7 @@ class MLPVAE(VAE):
         grad_checkpointing: recompute each hidden block in backward (training only).
     """
 
+    @register_to_config
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -50,18 +51,6 @@ class MLPVAE(VAE):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__(recon_kind, gaussian_logvar)
-        self.config = dict(
-            arch="mlp",
-            input_shape=list(input_shape),
-            latent_dim=latent_dim,
-            hidden_dims=list(hidden_dims),
-            activation=activation,
-            norm=norm,
-            dropout=dropout,
-            recon_kind=recon_kind,
-            gaussian_logvar=gaussian_logvar,
-            grad_checkpointing=grad_checkpointing,
-        )
         self.input_shape = tuple(input_shape)
         self.latent_shape = (latent_dim,)
         widths = [math.prod(self.input_shape), *hidden_dims]
