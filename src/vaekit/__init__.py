@@ -10,9 +10,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": "vaekit.engine.api",
-    "load_model": "vaekit.engine.api",
-    "TrainResult": "vaekit.engine.api",
+    "train": "vaekit.api",
+    "load_model": "vaekit.api",
+    "TrainResult": "vaekit.api",
     "load_config": "vaekit.config.load",
     "ConfigError": "vaekit.config.load",
     "VaekitConfig": "vaekit.config.schema",

@@ -104,13 +104,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.resume:
         if config is not None:
             overrides = [config, *overrides] if "=" in config else overrides
-        import vaekit.engine.api as api
+        import vaekit.api as api
 
         result = api.train(resume=args.resume, overrides=overrides)
     else:
         cfg = load_config(resolve_dict(config, overrides, preset=args.preset))
         _check_weights(cfg)
-        import vaekit.engine.api as api
+        import vaekit.api as api
 
         result = api.train(cfg)
     if _is_main():

@@ -23,7 +23,7 @@ from conftest import tiny_tree
 from safetensors.torch import load_file
 
 import vaekit
-from vaekit.engine.trainer import NonFiniteLossError
+from vaekit.errors import NonFiniteLossError
 
 TERMS = {"loss", "recon", "kl", "mse"}
 
@@ -56,7 +56,7 @@ def test_nonfinite_loss_stops_naming_step_term_and_last_good_checkpoint(tmp_path
     message = str(info.value)
     assert "\n" not in message
 
-    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "train"]
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "train" and "kind" not in r]
     assert logged == list(range(1, len(logged) + 1)) and 1 < len(logged) < 10
     bad_step = logged[-1] + 1  # the first step whose terms were not all finite (steps count from 1)
     assert re.search(rf"\bstep {bad_step}\b", message), message
@@ -103,7 +103,8 @@ def test_checkpoint_named_after_a_blowup_has_finite_weights(tmp_path: Path) -> N
 
 
 def test_nan_policy_skip_finishes_and_counts_skipped_batches(tmp_path: Path) -> None:
-    result = vaekit.train(tiny_tree(tmp_path / "runs", "skip", **blowup(max_steps=10, nan_policy="skip")))
+    skip = {"max_steps": 10, "nan_policy": "skip", "nan_skip_limit": 1.0}
+    result = vaekit.train(tiny_tree(tmp_path / "runs", "skip", **blowup(**skip)))
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["steps"] == 10
     assert 0 < summary["skipped_batches"] < 10
@@ -112,5 +113,31 @@ def test_nan_policy_skip_finishes_and_counts_skipped_batches(tmp_path: Path) -> 
     assert all_finite(result.model_path)
     assert all(math.isfinite(v) for v in [p.abs().max().item() for p in result.model.parameters()])
     # and the run is deterministic: the same config skips the same batches
-    again = vaekit.train(tiny_tree(tmp_path / "runs", "skip2", **blowup(max_steps=10, nan_policy="skip")))
+    again = vaekit.train(tiny_tree(tmp_path / "runs", "skip2", **blowup(**skip)))
     assert again.summary["skipped_batches"] == summary["skipped_batches"]
+
+
+def test_nan_policy_skip_stops_with_exit_3_past_the_skip_limit(tmp_path: Path) -> None:
+    cfg = tmp_path / "skip.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_tree(tmp_path / "runs", "skip", **blowup(max_steps=40, nan_policy="skip"))))
+    out = subprocess.run(
+        [sys.executable, "-m", "vaekit", "train", str(cfg), "log.progress=false"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 3, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("vaekit: stopped: skipped") and "nan_skip_limit" in last, last
+    assert not (tmp_path / "runs" / "skip" / "model.safetensors").exists()
+
+
+def test_logging_never_changes_training_even_when_the_norm_overflows(tmp_path: Path) -> None:
+    """The gradient norm computed for logging must not touch the gradients (an infinite norm once turned the
+    update into NaN one step after each logging step)."""
+    weights = []
+    for every in (1, 1000):
+        tree = tiny_tree(tmp_path / "runs", f"log{every}", optim={"name": "sgd", "lr": 0.3},
+                         train={"max_steps": 6, "nan_policy": "skip", "nan_skip_limit": 1.0}, log={"every": every})
+        result = vaekit.train(tree)
+        weights.append(load_file(str(result.model_path)))
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0, equal_nan=True)

@@ -71,7 +71,7 @@ def test_run_directory_has_every_output(run) -> None:
 
 
 def test_metrics_jsonl_records_carry_position_and_every_term(run, records) -> None:
-    train = [r for r in records if r["split"] == "train"]
+    train = [r for r in records if r["split"] == "train" and "kind" not in r]
     val = [r for r in records if r["split"] == "val"]
     assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
     assert sorted({r["step"] for r in val}) == [6, 12]
@@ -88,13 +88,15 @@ def test_metrics_jsonl_records_carry_position_and_every_term(run, records) -> No
 
 def test_each_validation_is_logged_once(records) -> None:
     # val_every=6 validates at the last step (12); the end of the stage must not validate (and log) it again
-    keys = [(r["step"], r["split"]) for r in records]
+    keys = [(r["step"], r["split"], r.get("kind")) for r in records]
     assert len(keys) == len(set(keys)), keys
 
 
 def test_tensorboard_scalars_match_metrics_jsonl(records, events) -> None:
     expected: dict[str, list[tuple[int, float]]] = {}
     for r in records:
+        if r.get("kind") == "epoch":  # epoch means go to metrics.jsonl (the run's history), not TensorBoard
+            continue
         for key, value in r.items():
             if key not in META and isinstance(value, (int, float)):
                 expected.setdefault(f"{r['split']}/{key}", []).append((r["step"], value))
@@ -174,7 +176,7 @@ def test_second_run_with_the_same_name_is_refused_unless_overwrite(tmp_path: Pat
     # with run.overwrite the old run is replaced, not mixed into the new one
     again = vaekit.train(tiny_tree(tmp_path / "runs", "same", train={"max_steps": 2}, run={"overwrite": True}))
     assert sorted(p.name for p in (again.run_dir / "checkpoints").iterdir()) == ["step_00000002"]
-    assert [r["step"] for r in read_jsonl(again.run_dir / "metrics.jsonl")] == [2]
+    assert [r["step"] for r in read_jsonl(again.run_dir / "metrics.jsonl") if "kind" not in r] == [2]
 
 
 def test_run_that_failed_on_its_data_can_be_rerun_under_the_same_name(tmp_path: Path) -> None:

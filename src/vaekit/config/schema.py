@@ -58,8 +58,9 @@ class DataConfig(Section):
 
 # ------------------------------------------------------------------------------------------- model
 class ModelConfig(Section):
-    arch: Literal["conv", "mlp"] = "conv"
-    """conv: convolutional VAE, 1D/2D/3D chosen from the data (audio/images/video); mlp: flat inputs."""
+    arch: Literal["conv", "mlp", "custom"] = "conv"
+    """conv: convolutional VAE, 1D/2D/3D chosen from the data (audio/images/video); mlp: flat inputs;
+    custom: a module passed to ``vaekit.train(model=...)`` (set automatically)."""
     latent_dim: int = Field(10, ge=1)
     """Vector latent size, or channels per position with ``latent: spatial``."""
     latent: Literal["vector", "spatial"] = "vector"
@@ -239,6 +240,10 @@ class TrainConfig(Section):
     keep_last: int = Field(2, ge=1)
     nan_policy: Literal["stop", "skip"] = "stop"
     """A non-finite loss: stop (naming step and term, last checkpoint kept) or skip the batch (counted)."""
+    nan_skip_limit: float = Field(0.5, gt=0.0, le=1.0)
+    """With ``nan_policy: skip``: stop (exit 3) once more than this fraction of the steps were skipped."""
+    timeout_s: float = Field(600.0, gt=0.0, le=86400.0)
+    """Collective timeout between processes: a rank that stops responding fails the others after this long."""
     ema: EMAConfig = Field(default_factory=EMAConfig)
     compile: bool = False
     """torch.compile the autoencoder (CUDA)."""

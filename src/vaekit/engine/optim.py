@@ -79,12 +79,27 @@ class Schedule:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "inner": self.inner.state_dict() if self.inner is not None else None}
+        inner = self.inner.state_dict() if self.inner is not None else None
+        return {"steps": self.steps, "inner": inner, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the position. Call after the optimizer's own ``load_state_dict``. When the configured learning
+        rate differs from the saved one (``--resume ... optim.lr=…``), the whole schedule is rescaled by the
+        ratio from here on, so a diverged run can be continued at a lower rate."""
         self.steps = state["steps"]
         if self.inner is not None and state["inner"] is not None:
             self.inner.load_state_dict(state["inner"])
+        saved = state.get("base_lrs", self.base_lrs)
+        for i, (group, old, new) in enumerate(zip(self.optimizer.param_groups, saved, self.base_lrs, strict=False)):
+            if old > 0 and new != old:
+                ratio = new / old
+                group["lr"] *= ratio
+                if "initial_lr" in group:
+                    group["initial_lr"] = new
+                if self.inner is not None and hasattr(self.inner, "base_lrs"):
+                    self.inner.base_lrs[i] = new
+                if self.inner is not None and hasattr(self.inner, "min_lrs"):
+                    self.inner.min_lrs[i] *= ratio
 
 
 def _build_inner(opt: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int | None) -> Any:

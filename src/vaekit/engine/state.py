@@ -27,13 +27,21 @@ class TrainState:
     skipped_batches: int = 0
     """Non-finite batches skipped (``train.nan_policy: skip``)."""
     clock: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """Per-epoch (and end-of-stage) train/val records of the whole run."""
+    records: int = 0
+    """Records written to ``metrics.jsonl`` up to this point (a resume truncates the file to them)."""
+    last_val_step: int = -1
     elapsed: float = 0.0
     """Training wall time before this process started (seconds)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        for key, value in TrainState.from_dict(data).to_dict().items():
+            setattr(self, key, value)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
@@ -47,8 +55,9 @@ class Meter:
     their key tuple because the set of terms can change (the discriminator's terms start at its start step).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.buckets: dict[tuple[str, ...], list] = {}  # keys → [sum vector, count]
+        self.device = device
 
     def add(self, keys: tuple[str, ...], values: torch.Tensor, count: float = 1.0) -> None:
         bucket = self.buckets.get(keys)
@@ -99,7 +108,8 @@ class Meter:
     def state_dict(self) -> dict[str, Any]:
         return {"buckets": [[list(k), v.tolist(), n] for k, (v, n) in self.buckets.items()]}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | None = None) -> None:
+        device = device or self.device
         self.buckets = {
             tuple(k): [torch.tensor(v, device=device), n] for k, v, n in state.get("buckets", [])
         }

@@ -17,7 +17,7 @@ from vaekit.config.schema import StageConfig, VaekitConfig
 
 SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log")
 GROUPS = ("encoder", "decoder", "discriminator")
-RUN_WIDE_TRAIN_KEYS = ("ema", "nan_policy", "keep_last", "compile", "deterministic")
+RUN_WIDE_TRAIN_KEYS = ("ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s")
 
 
 @dataclass
@@ -172,6 +172,22 @@ class StageClock:
             if epochs is not None:
                 caps.append(epochs * self.steps_per_epoch)
         return min(caps) if caps else None
+
+    def epochs_done(self, epoch: int) -> str | None:
+        """"length" once ``epoch`` epochs are done and the stage (or its safety limit) is counted in epochs."""
+        spec = self.spec
+        if any(e is not None and epoch >= e for e in (spec.epochs, spec.max_epochs)):
+            return "length"
+        return None
+
+    def end_message(self, reason: str, step: int) -> str | None:
+        """What to tell the user about how the stage ended (None: it simply ran its length)."""
+        spec = self.spec
+        if reason == "length":
+            if (spec.metric is not None or spec.plateau_window is not None) and spec.epochs is None and spec.steps is None:
+                return f"warning: stage {spec.name!r} hit its safety limit before {spec.metric!r} met its transition"
+            return None
+        return f"stage {spec.name!r} ends at step {step}: {reason}"
 
     def observe(self, name: str, value: float) -> None:
         if name != self.spec.metric or not math.isfinite(value):

@@ -17,7 +17,7 @@ import torch
 
 from vaekit.config.schema import LogConfig
 
-META = ("step", "epoch", "stage", "stage_index", "split", "time")
+META = ("step", "epoch", "stage", "stage_index", "split", "time", "kind")
 
 
 class Tracker:
@@ -29,6 +29,7 @@ class Tracker:
         multi_stage: bool,
         config: dict[str, Any],
         resume_step: int | None = None,
+        resume_records: int | None = None,
     ):
         self.run_dir = run_dir
         self.cfg = cfg
@@ -42,7 +43,7 @@ class Tracker:
         if not enabled:
             return
         if resume_step is not None:
-            self._truncate(resume_step)
+            self._truncate(resume_step, resume_records)
         if cfg.jsonl:
             self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
         if cfg.tensorboard:
@@ -60,17 +61,29 @@ class Tracker:
             mlflow.start_run(run_name=run_dir.name)
             self._mlflow = mlflow
 
-    def _truncate(self, step: int) -> None:
-        """On resume: keep the records up to the checkpoint's step; later ones will be logged again."""
+    def _truncate(self, step: int, count: int | None) -> None:
+        """On resume: keep exactly the records written before the checkpoint (the first ``count``; by step when
+        the checkpoint does not know the count); later ones will be logged again. ``step < 0``: keep none."""
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
-        self.records = [json.loads(line) for line in kept]
+        records = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break  # a line cut by a kill: nothing after it was written completely
+        if count is not None:
+            records = records[:count]
+        records = [r for r in records if isinstance(r, dict) and r.get("step", step + 1) <= step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in records))
+        tmp.replace(path)
+        self.records = records
 
     def _tag(self, record: dict[str, Any], key: str) -> str:
-        tag = f"{record['split']}/{key}"
+        split = "train_epoch" if record.get("kind") == "epoch" else record["split"]
+        tag = f"{split}/{key}"
         return f"{record['stage']}/{tag}" if self.multi_stage else tag
 
     def log(self, record: dict[str, Any]) -> None:
@@ -81,6 +94,8 @@ class Tracker:
             return
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
+        if record.get("kind") == "epoch":
+            return  # epoch means are for the run's history; the scalars above already show the same terms
         scalars = {k: v for k, v in record.items() if k not in META and isinstance(v, (int, float))}
         if self._tb is not None:
             for key, value in scalars.items():

@@ -1,0 +1,200 @@
+"""The Python entry points: ``train`` (one call from config to trained model) and ``load_model``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaekit.config.load import load_config, resolve_dict
+from vaekit.config.schema import VaekitConfig
+from vaekit.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    """Per-epoch train means (``"kind": "epoch"``) and every validation (and test) record, all loss terms."""
+    checkpoint: Path | None
+    """The final checkpoint directory (resumable)."""
+    model_path: Path
+    """``model.safetensors``: the exported weights (EMA weights when enabled)."""
+    model: nn.Module
+    config: VaekitConfig
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[dict[str, Any]]:
+        """The history records of one split (``train``, ``val`` or ``test``)."""
+        return [r for r in self.history if r["split"] == name]
+
+    @property
+    def curves(self) -> dict[str, list[float]]:
+        """Every term as a column: ``"train/loss"`` (one value per epoch), ``"val/loss"`` (one per validation,
+        by default one per epoch), ``"test/…"``, plus ``"train/step"``/``"val/step"`` for the x axis."""
+        out: dict[str, list[float]] = {}
+        for record in self.history:
+            split = record["split"]
+            if split == "train" and record.get("kind") != "epoch":
+                continue
+            out.setdefault(f"{split}/step", []).append(record["step"])
+            for key, value in record.items():
+                if isinstance(value, float) and key not in ("time",):
+                    out.setdefault(f"{split}/{key}", []).append(value)
+        return out
+
+
+def train(
+    config: str | Path | Mapping[str, Any] | VaekitConfig | None = None,
+    *,
+    model: nn.Module | Mapping[str, Any] | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    resume: str | Path | None = None,
+    x: Any = None,
+    y: Any = None,
+    val_x: Any = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """Train a VAE from a config (YAML path, dict or ``VaekitConfig``) and return its history and files.
+
+    Args:
+        config: the run config; None uses the defaults (the shapes data set).
+        model: an ``nn.Module`` following the model protocol (``encode(x)`` → posterior, ``decode(z)`` →
+            reconstruction; see the README), trained instead of a built-in family; a mapping is the ``model``
+            config section, like ``train={...}``.
+        train_data, val_data: a map-style ``Dataset``, a ``DataLoader`` or an array/tensor ``(N, ...)``; without
+            ``val_data`` a seeded ``data.val_fraction`` of ``train_data`` is held out (sets ``data.source=tensor``).
+        resume: a run directory to continue exactly where its last checkpoint stopped (pass the same ``model`` /
+            data again when the run was trained on Python objects).
+        x, y, val_x: arrays/tensors to train on (``x`` with labels ``y``); shapes as in the README.
+        overrides: dotted overrides, as on the command line (``["optim.lr=1e-4"]``).
+        **kwargs: section overrides, e.g. ``train={"epochs": 2}`` or ``train__epochs=2``.
+    """
+    from vaekit.pipeline.run import Pipeline
+
+    if isinstance(model, Mapping):
+        kwargs["model"] = model
+        model = None
+    elif model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(f"model: expected an nn.Module or a dict for the model section, got {type(model).__name__}")
+    data = None
+    if x is not None and train_data is not None:
+        raise ConfigError("train_data: give either x= or train_data=, not both")
+    if x is not None:
+        data = {"arrays": {"x": x, "y": y, "val_x": val_x}}
+    elif train_data is not None:
+        data = {"train": train_data, "val": val_data}
+    elif val_data is not None:
+        raise ConfigError("val_data: given without train_data")
+    if data is not None:
+        kwargs.setdefault("data__source", "tensor")
+    if model is not None:
+        kwargs.setdefault("model__arch", "custom")
+    run_dir = None
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = _resume_config(run_dir, overrides or [], kwargs, model, data)
+    else:
+        cfg = load_config(resolve_dict(config, overrides or []), kwargs)
+        if cfg.data.source == "tensor" and data is None:
+            raise ConfigError(
+                "data.source=tensor: needs data from Python: vaekit.train(..., train_data=...) or x=...; "
+                "there is no file path for this source"
+            )
+        if cfg.model.arch == "custom" and model is None:
+            raise ConfigError("model.arch=custom: pass the module itself: vaekit.train(..., model=my_module)")
+    outcome = Pipeline(cfg, model, data, run_dir=run_dir, resume=run_dir is not None).run()
+    trainer = outcome.trainer
+    from vaekit.engine.checkpoint import latest_checkpoint
+    from vaekit.models.adapter import export_module
+
+    trained = trainer.eval_model()
+    return TrainResult(
+        run_dir=outcome.run_dir,
+        history=[
+            {k: v for k, v in r.items() if k != "time"}
+            for r in outcome.records
+            if r["split"] != "train" or r.get("kind") == "epoch"
+        ],
+        checkpoint=latest_checkpoint(outcome.run_dir / "checkpoints"),
+        model_path=outcome.run_dir / "model.safetensors",
+        model=trained if model is None else export_module(trained),
+        config=cfg,
+        summary=outcome.summary,
+    )
+
+
+def _resume_config(run_dir: Path, overrides: list[str], kwargs: dict[str, Any], model: Any, data: Any) -> VaekitConfig:
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume: {str(run_dir)!r} is not a run directory (no config.yaml)")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("data__source", "model__arch")}
+    saved = load_config(run_dir / "config.yaml")
+    cfg = load_config(resolve_dict(run_dir / "config.yaml", overrides), kwargs)
+    from vaekit.config.resume import check_resume_overrides
+
+    check_resume_overrides(saved, cfg)
+    needs = []
+    if cfg.data.source == "tensor" and data is None:
+        needs.append("the same train_data=/val_data= (or x=)")
+    if cfg.model.arch == "custom" and model is None:
+        needs.append("model= (a fresh instance of the same class)")
+    if needs:
+        raise ConfigError(
+            f"--resume: {run_dir} was trained on objects passed from Python, which a run directory cannot hold; "
+            f"resume it from Python: vaekit.train(resume={str(run_dir)!r}, ...) with {' and '.join(needs)}"
+        )
+    return cfg
+
+
+def load_model(path: str | Path, model: nn.Module | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A trained model from a run directory or a ``model.safetensors`` (its config is stored beside/in it).
+
+    Args:
+        path: a run directory, a checkpoint directory, or a ``.safetensors`` file.
+        model: for a run that trained a user module: a fresh instance of that class to load the weights into.
+    """
+    from safetensors import safe_open
+
+    from vaekit.engine.checkpoint import read_weights
+    from vaekit.models import build_model_from_config
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no model.safetensors there")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as err:  # noqa: BLE001 (safetensors raises several kinds)
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    if "vaekit" in meta:
+        model_config = json.loads(meta["vaekit"]).get("config", {})
+    elif "config" in meta:
+        model_config = json.loads(meta["config"])
+    elif (path.parent / "model_config.json").is_file():
+        model_config = json.loads((path.parent / "model_config.json").read_text())
+    else:
+        model_config = {}
+    state = read_weights(path, map_location)
+    if model is None:
+        if model_config.get("arch") in (None, "custom"):
+            raise ConfigError(
+                f"load_model: {path} holds the weights of a user model ({model_config.get('class', 'unknown class')}); "
+                "pass a fresh instance: vaekit.load_model(path, model=MyVAE(...))"
+            )
+        model = build_model_from_config(model_config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit this model ({str(err).splitlines()[0]})") from None
+    return model.eval()

@@ -1,0 +1,124 @@
+"""The blocks around the loop's steps: stage begin/end, the periodic log → validate → checkpoint, and the
+validation and checkpoint blocks themselves. Each periodic block decides its own cadence; ``Trainer`` (loop.py)
+only calls them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vaekit.engine.checkpoint import RNGState
+from vaekit.engine.signals import TrainingInterrupted
+
+
+class Blocks:
+    """Mixed into ``Trainer``; uses its ``state``, ``metrics``, ``validator``, ``ckpt``, ``console``, ``rt``."""
+
+    state: Any
+    metrics: Any
+    validator: Any
+    ckpt: Any
+    console: Any
+    rt: Any
+    stop: Any
+    tracker: Any
+    model: Any
+    disc: Any
+    run_dir: Any
+    started: float
+    elapsed_before: float = 0.0
+
+    def _begin(self, plan: Any, resuming: bool) -> None:
+        """Register the plan's updates (restoring their state on resume), or reset the stage counters."""
+        st = self.state
+        for name in ("generator", "discriminator"):
+            self.ckpt.unregister("shared", name)
+        for name, update in plan.updates.items():
+            self.ckpt.register("shared", name, update)
+        # building the stage (a perceptual network's init, data loaders) may draw from the global RNG: the
+        # checkpoint's RNG is restored only now, so the next batch sees exactly the state the checkpoint saw
+        self.ckpt.register("local", "rng", RNGState())
+        self.ckpt.pending.clear()  # what the resumed stage did not claim belongs to no later stage
+        if not resuming:
+            st.stage_index, st.stage_name, st.stage_step, st.epoch, st.batch_in_epoch = plan.index, plan.name, 0, 0, 0
+            st.stage_done, st.clock = False, {}
+            self.metrics.reset()
+        plan.clock.load_state_dict(st.clock)
+        self.metrics.where = {"stage": plan.name, "stage_index": plan.index}
+        self.metrics.last_log = (time.time(), st.step)
+        plan.train_mode()
+        self.console.start_stage(plan.describe(st), total=plan.clock.limit_steps(), initial=st.stage_step)
+
+    def _periodic(self, plan: Any, reason: str | None) -> str | None:
+        """log → validate → checkpoint after a step; returns why the stage ends, if it does."""
+        st, cfg = self.state, plan.cfg
+        logged = self.metrics.maybe_log(st, cfg.log.every, cfg.train.batch_size * cfg.train.grad_accum)
+        for name, value in (logged or {}).items():
+            plan.clock.observe(f"train/{name}", value)
+        self.console.update(1, {k: logged[k] for k in ("loss", "recon", "kl") if k in logged} if logged else None)
+        if self.validator.due(plan, st, epoch_end=False):
+            self.validate(plan)
+        reason = reason or plan.clock.metric_done()
+        if reason is None:
+            self.save(plan, force=False)
+        if reason is None and self.stop.requested(st.step % cfg.log.every == 0):
+            self.save(plan, force=True)
+            raise TrainingInterrupted(
+                f"{self.stop.name}: stopped at step {st.step} with a checkpoint; resume with "
+                f"`vaekit train --resume {self.run_dir}`"
+            )
+        return reason
+
+    def _end(self, plan: Any, reason: str) -> None:
+        message = plan.clock.end_message(reason, self.state.step)
+        if message:
+            self.console.write(message)
+        self.metrics.epoch_record(self.state)
+        if self.state.last_val_step != self.state.step:
+            self.validate(plan)
+        self.state.stage_done = True
+        self.save(plan, force=True)
+        self.console.close()
+
+    def validate(self, plan: Any) -> dict[str, float]:
+        """Validation terms (EMA weights when on) → metrics.jsonl, the stage clock, plateau schedules, samples."""
+        st, model = self.state, self.eval_model()
+        means = self.validator.run(plan, st, model)
+        st.last_val_step = st.step
+        self.metrics.write({**self.metrics.where, "step": st.step, "epoch": st.epoch, "split": "val", **means}, st)
+        for name, value in means.items():
+            plan.clock.observe(f"val/{name}", value)
+        if "loss" in means:
+            for update in plan.updates.values():
+                update.schedule.step_metric(means["loss"])
+        if self.rt.is_main:
+            keys = ("loss", "recon", "kl", "mse", "active_units")
+            shown = " ".join(f"{k}={v:.4g}" for k, v in means.items() if k in keys)
+            self.console.write(f"{plan.describe(st)} | step {st.step} | val {shown}")
+            if plan.cfg.log.samples:
+                self.validator.samples(plan, st, model, self.tracker)
+        plan.train_mode()
+        return means
+
+    def save(self, plan: Any, force: bool) -> None:
+        """Checkpoint the exact position when due (``train.ckpt_every``) or forced (epoch and stage ends, a
+        signal). Refuses if a loss or a weight went non-finite, so the checkpoint on disk is always a good one."""
+        st, every = self.state, plan.cfg.train.ckpt_every
+        if not force and not (every is not None and st.step % every == 0):
+            return
+        self.metrics.check_finite(st)
+        self.metrics.check_weights([m for m in (self.model, self.disc) if m is not None], st)
+        st.clock = plan.clock.state_dict()
+        self.metrics.fold()
+        st.elapsed = self.elapsed()
+        path = self.ckpt.save(st.step, st.to_dict())
+        if path is not None:
+            self.tracker.flush()
+            self.metrics.last_good = f"the last good checkpoint is {path}"
+        self.rt.wait()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def eval_model(self) -> Any:
+        raise NotImplementedError

@@ -1,0 +1,158 @@
+"""The training loop: a plan (one stage) → epochs → optimizer steps, each step a short list of updates.
+
+One optimizer step (``train_step``): the generator update runs the forward once per micro-batch (DDP gradient
+sync only on the last one) and keeps the detached reconstructions; then the discriminator update, when active,
+trains on those reconstructions of the same micro-batches. The counters advance in one place (``fit``); then
+the periodic blocks run — log, validate, checkpoint — each deciding its own cadence. Host syncs happen only there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaekit.config.schema import VaekitConfig
+from vaekit.engine.blocks import Blocks
+from vaekit.engine.checkpoint import CheckpointManager
+from vaekit.engine.metrics import TrainMetrics
+from vaekit.engine.noise import GlobalNoise
+from vaekit.engine.runtime import Runtime
+from vaekit.engine.signals import StopSignal
+from vaekit.engine.state import TrainState
+from vaekit.engine.updates import Update
+from vaekit.engine.validation import Validator
+
+
+@dataclass
+class Plan:
+    """What one fit trains, built by the pipeline for a stage: data, objective, updates and when it ends."""
+
+    name: str
+    index: int
+    cfg: VaekitConfig
+    data: Any  # DataBundle
+    train_loader: Any
+    val_loader: Any
+    objective: nn.Module
+    d_objective: nn.Module | None
+    updates: dict[str, Update]  # "generator" and/or "discriminator"
+    clock: Any  # observe / metric_done / epochs_done / limit_steps / state_dict (pipeline.StageClock)
+    model: nn.Module  # the VAE, unwrapped (latent shapes, last layer)
+    forward: nn.Module  # the VAE as wrapped for training (DDP, compile)
+    disc_forward: nn.Module | None
+    train_mode: Any  # () -> None: train mode, frozen modules in eval
+    describe: Any  # (TrainState) -> str for the progress bar
+
+
+class Trainer(Blocks):
+    """Runs plans on one model (and discriminator) with one EMA, RNG, noise stream, meters and checkpoints."""
+
+    def __init__(self, cfg: VaekitConfig, runtime: Runtime, model: nn.Module, disc: nn.Module | None,
+                 ema: Any, ckpt: CheckpointManager, tracker: Any, console: Any, run_dir: Any) -> None:
+        self.cfg, self.rt, self.model, self.disc, self.ema = cfg, runtime, model, disc, ema
+        self.ckpt, self.tracker, self.console, self.run_dir = ckpt, tracker, console, run_dir
+        self.state = TrainState()
+        self.noise = GlobalNoise(cfg.run.seed + 1, runtime.device, runtime.rank, runtime.world)
+        self.metrics = TrainMetrics(runtime, cfg.train.nan_policy, cfg.train.nan_skip_limit)
+        self.validator = Validator(runtime, run_dir)
+        self.stop = StopSignal(runtime)
+        self.started = time.time()
+        self.skip_policy = cfg.train.nan_policy == "skip" and runtime.scaler is None
+
+    # ----------------------------------------------------------------------------------------- fit
+    def fit(self, plan: Plan, resuming: bool) -> None:
+        """Train ``plan`` from the current state to its end (its length or its transition)."""
+        st = self.state
+        self._begin(plan, resuming)
+        limit, accum = plan.clock.limit_steps(), plan.cfg.train.grad_accum
+        reason = None
+        with self.stop:
+            while reason is None:
+                plan.train_loader.set_epoch(st.epoch)
+                micro, n = [], len(plan.train_loader)
+                for batch in plan.train_loader.iter_from(st.batch_in_epoch):
+                    micro.append(batch)
+                    st.batch_in_epoch += 1
+                    if len(micro) < accum and st.batch_in_epoch < n:
+                        continue
+                    self.train_step(plan, micro)
+                    micro = []
+                    st.step += 1  # the counters advance here, and only here
+                    st.stage_step += 1
+                    reason = self._periodic(plan, "length" if limit is not None and st.stage_step >= limit else None)
+                    if reason is not None:
+                        break
+                if reason is None:  # the epoch ended
+                    self.metrics.epoch_record(st)
+                    if self.validator.due(plan, st, epoch_end=True):
+                        self.validate(plan)
+                    st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                    reason = plan.clock.metric_done() or plan.clock.epochs_done(st.epoch)
+                    if reason is None:
+                        self.save(plan, force=True)
+                        self.console.set_description(plan.describe(st))
+            self._end(plan, reason)
+
+    def train_step(self, plan: Plan, batches: list[dict[str, torch.Tensor]]) -> None:
+        """One optimizer step of every active update over ``batches`` (the micro-batches of the accumulation)."""
+        cfg, rt, step = plan.cfg, self.rt, self.state.step
+        n, log_now = len(batches), (step + 1) % cfg.log.every == 0
+        gen, disc = plan.updates.get("generator"), plan.updates.get("discriminator")
+        adv_on = plan.d_objective is not None and step >= cfg.loss.adversarial.start_step
+        last_layer = self.model.last_layer if gen is not None and self.model.last_layer.requires_grad else None
+        fakes = []
+        for i, batch in enumerate(batches):  # generator: forward once per micro-batch
+            x = batch["x"].to(rt.device, non_blocking=True)
+            x_in, noise = self.noise.draw(x, self.model.latent_shape_for(tuple(x.shape[1:])), cfg.loss.denoise)
+            with rt.no_sync(plan.forward if gen else None, i == n - 1), rt.autocast():
+                out = plan.forward(x_in, noise=noise)
+                loss, terms = plan.objective(x, out, step, discriminator=self.disc if adv_on else None,
+                                             last_layer=last_layer, detailed=log_now)
+            if gen is not None:
+                rt.backward(loss / n if n > 1 else loss)
+            self.metrics.record(step, terms, x.shape[0])
+            if adv_on:
+                fakes.append(out.recon.detach())  # raw likelihood parameters; the d-objective maps them
+        extra = self._apply(gen, log_now, "")
+        if adv_on and disc is not None:  # discriminator: the same micro-batches' detached reconstructions
+            disc.optimizer.zero_grad(set_to_none=True)  # the generator's backward reached it: not its own loss
+            for i, (batch, fake) in enumerate(zip(batches, fakes, strict=True)):
+                real = batch["x"].to(rt.device, non_blocking=True)
+                with rt.no_sync(plan.disc_forward, i == n - 1), rt.autocast():
+                    d_loss, d_terms = plan.d_objective(real, fake, step, plan.disc_forward)
+                rt.backward(d_loss / n if n > 1 else d_loss)
+                self.metrics.record(step, d_terms, real.shape[0])
+            extra |= self._apply(disc, log_now, "disc_")
+        self._ema(step + 1)
+        if log_now and extra:
+            self.metrics.extra(extra)
+
+    # -------------------------------------------------------------------------------- step helpers
+    def _apply(self, update: Update | None, log_now: bool, prefix: str) -> dict[str, torch.Tensor]:
+        if update is None:
+            return {}
+        lr = update.schedule.get_lr() if log_now else 0.0  # the learning rate this step used
+        norm, skipped = update.step(self.rt, want_norm=log_now, skip_nonfinite=self.skip_policy)
+        self.state.skipped_batches += int(skipped)
+        if not log_now:
+            return {}
+        return {f"{prefix}lr": torch.tensor(lr)} | ({f"{prefix}grad_norm": norm} if norm is not None else {})
+
+    def _ema(self, done: int) -> None:
+        if self.ema is None:
+            return
+        ema = self.cfg.train.ema
+        if done == ema.start_step:
+            self.ema.copy_from(self.model)
+        elif done > ema.start_step and done % ema.every == 0:
+            self.ema.update(self.model)
+
+    def eval_model(self) -> nn.Module:
+        """The EMA weights once the average has started, else the live model."""
+        if self.ema is not None and self.state.step >= self.cfg.train.ema.start_step:
+            return self.ema.shadow
+        return self.model

@@ -1,0 +1,122 @@
+"""Validation: loss terms over the validation set, latent statistics and sample grids.
+
+It decides its own cadence (every ``train.val_every`` steps, else at each epoch end, and once at a stage's end)
+and draws its noise from its own seeded generator for the global batch, so it never touches the training RNG
+and N processes report what one would. Also evaluates the test split once at the end of training.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaekit.engine.runtime import Runtime
+from vaekit.engine.state import Meter, TrainState
+from vaekit.objectives import kl_per_element, likelihood_mean
+from vaekit.tracking.media import recon_grid, sample_grid
+
+
+def _num_samples(loader: Any) -> int:
+    """Samples in the loader's whole set (0 when unknown: a user DataLoader)."""
+    source = getattr(loader, "source", None)
+    return len(source) if source is not None else 0
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a stage name (never a path)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip(".") or "stage"
+
+
+class Validator:
+    """Runs validation for the engine; ``plan`` is the current stage's plan (loaders, objective, config)."""
+
+    def __init__(self, runtime: Runtime, run_dir: Path) -> None:
+        self.rt = runtime
+        self.run_dir = run_dir
+
+    def due(self, plan: Any, state: TrainState, epoch_end: bool) -> bool:
+        every = plan.cfg.train.val_every
+        if epoch_end:
+            return every is None
+        return every is not None and state.step % every == 0
+
+    @torch.no_grad()
+    def run(self, plan: Any, state: TrainState, model: nn.Module, loader: Any = None, split: str = "val") -> dict[str, float]:
+        """Loss terms (clean inputs, ``model``: the EMA weights when enabled), reduced over processes; active
+        units and KL per latent dimension."""
+        rt, cfg = self.rt, plan.cfg
+        loader = loader if loader is not None else plan.val_loader
+        was_training = model.training
+        model.eval()
+        meter = Meter(rt.device)
+        latent = plan.model.latent_shape_for(tuple(plan.data.info.shape))
+        channels = latent[0]
+        mom = torch.zeros(4, math.prod(latent), device=rt.device)  # per latent element: Σmean, Σmean², ΣKL, n
+        gen = torch.Generator(device=rt.device).manual_seed(cfg.run.seed + 7919)
+        n_total, batch_size = _num_samples(loader), cfg.train.batch_size
+        devices = [rt.device] if rt.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for i, batch in enumerate(loader.iter_from(0)):
+                if cfg.train.val_batches is not None and i >= cfg.train.val_batches:
+                    break
+                x = batch["x"].to(rt.device)
+                global_b = min(batch_size, n_total - i * batch_size) if n_total else x.shape[0]
+                sizes = [len(c) for c in torch.tensor_split(torch.arange(global_b), rt.world)]
+                lo = sum(sizes[: rt.rank])
+                noise = torch.randn((global_b, *latent), generator=gen, device=rt.device)[lo : lo + x.shape[0]]
+                if x.shape[0] == 0:  # the last batch split over processes can leave one empty
+                    continue
+                with rt.autocast():
+                    out = model(x, noise=noise)
+                    _, terms = plan.objective(x, out, state.step)
+                meter.add(tuple(terms), torch.stack([t.float() for t in terms.values()]), x.shape[0])
+                m = out.mean.float().flatten(1)  # (B, C·P)
+                kl = kl_per_element(out.mean, out.logvar).flatten(1)
+                mom += torch.stack([m.sum(0), (m * m).sum(0), kl.sum(0), torch.full_like(m[0], m.shape[0])])
+        means = meter.means(rt.reduce)
+        mom = rt.reduce_sum(mom)
+        if mom[3, 0] > 0:
+            # a latent dimension is a channel (spatial latents: averaged over positions), as in objectives.kl
+            n = mom[3]
+            var = (mom[1] / n - (mom[0] / n) ** 2).view(channels, -1).mean(1)
+            kl_dim = (mom[2] / n).view(channels, -1).mean(1) * (mom.shape[1] // channels)  # nats per dim
+            stats = torch.stack([(var > 0.01).sum().float(), kl_dim.mean(), kl_dim.max()]).tolist()
+            means.update(zip(("active_units", "kl_dim_mean", "kl_dim_max"), stats, strict=True))
+        model.train(was_training)
+        return means
+
+    @torch.no_grad()
+    def samples(self, plan: Any, state: TrainState, model: nn.Module, tracker: Any) -> None:
+        """Input/reconstruction grid and decoded prior samples, as PNGs under ``samples/`` and in TensorBoard."""
+        cfg = plan.cfg
+        val = plan.data.val
+        n = min(cfg.log.num_samples, len(val))
+        if n == 0:
+            return
+        if hasattr(val, "get_batch"):
+            x = val.get_batch(torch.arange(n))["x"]
+        else:
+            x = torch.stack([val[i]["x"] for i in range(n)])
+        x = x.to(self.rt.device)
+        kind = cfg.loss.recon
+        was_training = model.training
+        model.eval()
+        with self.rt.autocast():
+            recon = likelihood_mean(kind, model(x, sample_posterior=False).recon).float()
+            gen = torch.Generator(device=self.rt.device).manual_seed(cfg.run.seed)
+            prior = likelihood_mean(kind, model.sample(n, generator=gen, input_shape=tuple(x.shape[1:]))).float()
+        model.train(was_training)
+        modality = plan.data.info.modality
+        stem = f"{safe_name(plan.name)}_{plan.index:03d}_{state.epoch:03d}_{state.step:06d}"
+        from torchvision.utils import save_image
+
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        for kind_name, img in (("recon", recon_grid(x, recon, modality)), ("prior", sample_grid(prior, modality))):
+            save_image(img, folder / f"{stem}-{kind_name}.png")
+            tracker.image(f"samples/{kind_name}", img, state.step)

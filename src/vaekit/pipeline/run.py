@@ -1,0 +1,377 @@
+"""A run: build data, model and engine once, then drive the engine through the stages, then export.
+
+The pipeline owns what changes between stages — data, freezing, objective, optimizers, the stage clock — and
+hands each stage to the engine as a ``Plan``. The engine never imports this package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+from torch import nn
+
+from vaekit.config.load import dump_config
+from vaekit.config.schema import VaekitConfig
+from vaekit.data import ArraySource, BatchLoader, DataBundle, build_data
+from vaekit.data.user import LoaderBatches, LoaderSource, from_python
+from vaekit.engine import checkpoint as ckpt
+from vaekit.engine.checkpoint import CheckpointManager, GeneratorState, RNGState
+from vaekit.engine.ema import EMA
+from vaekit.engine.loop import Plan, Trainer
+from vaekit.engine.rundir import new_run_dir, prepare_run_dir
+from vaekit.engine.runtime import Runtime
+from vaekit.engine.updates import build_update
+from vaekit.errors import ConfigError, VaekitError
+from vaekit.models import build_discriminator, build_model, count_parameters, model_summary
+from vaekit.models.adapter import as_vae, export_module
+from vaekit.objectives import DiscriminatorObjective, VAEObjective
+from vaekit.pipeline.stages import Stage, StageClock, resolve_stages
+from vaekit.tracking.plots import plot_curves
+from vaekit.tracking.tracker import Console, Tracker
+from vaekit.utils import set_seed
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    trainer: Trainer
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+class Pipeline:
+    """Everything built once for a run, and the per-stage plans.
+
+    Args:
+        cfg: the validated config.
+        model: a user ``nn.Module`` following the protocol (None: build ``cfg.model``).
+        data: Python data, ``{"arrays": {...}}`` or ``{"train": ..., "val": ...}`` (None: ``cfg.data`` from files).
+        run_dir: the directory of a run to resume (None: a new one from ``cfg.run``).
+        resume: continue from the newest complete checkpoint of ``run_dir``.
+    """
+
+    def __init__(self, cfg: VaekitConfig, model: nn.Module | None = None, data: dict[str, Any] | None = None,
+                 run_dir: Path | None = None, resume: bool = False) -> None:
+        self.cfg, self.python_data, self.resume = cfg, data, resume
+        self.stages = resolve_stages(cfg)
+        self.rt = rt = Runtime(cfg.train.precision, cfg.train.deterministic, cfg.train.timeout_s)
+        self._cache: dict[str, DataBundle] = {}
+        # model and discriminator: built once from the first stage's data, seeded, identical on every rank
+        set_seed(cfg.run.seed, deterministic=cfg.train.deterministic)
+        self.info = self.data_for(self.stages[0]).info
+        try:  # a model that cannot take this data names the keys to change
+            vae = as_vae(model, cfg.loss.recon) if model is not None else build_model(cfg.model, self.info.shape, cfg.loss.recon)
+            vae.latent_shape_for(tuple(self.info.shape))
+            self.model = vae.to(rt.device)
+            adv = next((s for s in self.stages if s.adversarial), None)
+            self.disc = build_discriminator(adv.cfg.loss.adversarial.discriminator, self.info.shape).to(rt.device) if adv else None
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if cfg.model.grad_checkpointing and model is not None:
+            self.model.set_grad_checkpointing(True)
+        # the run directory only once data and model are known to work: a bad config leaves nothing behind
+        self.run_dir, self.lock = self._run_dir(run_dir, resume)
+        self.ema = EMA(self.model, cfg.train.ema.decay) if cfg.train.ema.enabled else None
+        manager = CheckpointManager(self.run_dir / "checkpoints", rt.rank, rt.world, rt.is_main,
+                                    gather_object, cfg.train.keep_last)
+        self.trainer = Trainer(cfg, rt, self.model, self.disc, self.ema, manager, None,
+                               Console(rt.is_main, cfg.log.progress), self.run_dir)
+        self._register(manager)
+        self.loaded = None
+        if resume:
+            self.loaded = manager.load(warn=self.trainer.console.write)
+            if self.loaded is not None:
+                self.trainer.state.load_state_dict(self.loaded)
+                self.trainer.elapsed_before = self.trainer.state.elapsed
+
+    def _register(self, m: CheckpointManager) -> None:
+        t = self.trainer
+        m.register("module", "model", export_module(self.model))
+        if self.disc is not None:
+            m.register("module", "discriminator", self.disc)
+        if self.ema is not None:
+            m.register("module", "ema", export_module(self.ema.shadow))
+        m.register("shared", "noise_generator", GeneratorState(t.noise.generator))
+        if self.rt.scaler is not None:
+            m.register("shared", "scaler", self.rt.scaler)
+        m.register("local", "epoch_meter", t.metrics.epoch_meter)
+        m.register("local", "log_meter", t.metrics.log_meter)
+
+    # ---------------------------------------------------------------------------------- data, dirs
+    def data_for(self, stage: Stage) -> DataBundle:
+        key = json.dumps(stage.cfg.data.model_dump(mode="json"), sort_keys=True)
+        if key not in self._cache:
+            self._cache.clear()  # one stage's data in memory at a time
+            cfg = stage.cfg
+            try:
+                if self.python_data is None:
+                    data = build_data(cfg.data, cfg.run.seed)
+                elif "arrays" in self.python_data:
+                    data = build_data(cfg.data, cfg.run.seed, self.python_data["arrays"])
+                else:
+                    d = self.python_data
+                    data = from_python(d["train"], d.get("val"), cfg.data.val_fraction, cfg.run.seed, cfg.data.num_samples)
+            except VaekitError:
+                raise
+            except ValueError as err:  # a data setting that cannot work; the message names the key
+                raise ConfigError(str(err)) from None
+            self._cache[key] = self._to_device(data)
+        return self._cache[key]
+
+    def _to_device(self, data: DataBundle) -> DataBundle:
+        """In-memory data that fit in a quarter of the free GPU memory move there once: batches are then
+        gathered on the GPU, with no per-step host-to-device copy."""
+        if self.rt.device.type != "cuda":
+            return data
+        sources = [s for s in (data.train, data.val) if isinstance(s, ArraySource)]
+        nbytes = sum(s.x.numel() * s.x.element_size() for s in sources)
+        if nbytes and nbytes < 0.25 * torch.cuda.mem_get_info(self.rt.device)[0]:
+            move = lambda s: s.to(self.rt.device) if isinstance(s, ArraySource) else s  # noqa: E731
+            return DataBundle(move(data.train), move(data.val), data.info, data.test)
+        return data
+
+    def _run_dir(self, run_dir: Path | None, resume: bool) -> tuple[Path, Any]:
+        """Created and locked by the main process; its path is broadcast so all ranks agree."""
+        path: list[Any] = [None]
+        lock = None
+        if self.rt.is_main:
+            cfg = self.cfg
+            run_dir = run_dir or new_run_dir(Path(cfg.run.dir), cfg.run.name, cfg.data.source, cfg.model.arch)
+            trained = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
+            lock = prepare_run_dir(run_dir, resume, cfg.run.overwrite, trained)
+            try:
+                (run_dir / "samples").mkdir(exist_ok=True)
+                if not resume:
+                    (run_dir / "config.yaml").write_text(dump_config(cfg))
+                    if self.info.meta:
+                        (run_dir / "data_meta.json").write_text(json.dumps(self.info.meta, indent=1))
+            except OSError as err:
+                lock.release()
+                raise ConfigError(f"run.dir: cannot write into {str(run_dir)!r} ({err.strerror or err})") from None
+            path = [str(run_dir)]
+        if self.rt.world > 1:
+            broadcast_object_list(path)
+        return Path(path[0]), lock
+
+    # ---------------------------------------------------------------------------------- freezing
+    def _module(self, path: str) -> nn.Module:
+        root, _, sub = path.partition(".")
+        if root == "discriminator":
+            if self.disc is None:
+                raise ConfigError(f"freeze: {path!r}: this run has no discriminator")
+            base, sub_path = self.disc, sub
+        else:
+            base, sub_path = export_module(self.model), path
+            if root in ("encoder", "decoder") and base is self.model:
+                base, sub_path = getattr(self.model, root), sub
+        try:
+            return base.get_submodule(sub_path) if sub_path else base
+        except AttributeError:
+            names = ", ".join(n for n, _ in export_module(self.model).named_children())
+            raise ConfigError(f"freeze: {path!r} is not a submodule of the model (its children: {names})") from None
+
+    def _train_mode(self) -> None:
+        """Train mode, except frozen modules, whose norm statistics must not drift."""
+        self.model.train()
+        if self.disc is not None:
+            self.disc.train()
+        for path in self.trainer.state.frozen:
+            self._module(path).eval()
+
+    def _freeze(self, frozen: list[str]) -> None:
+        self.model.requires_grad_(True)
+        if self.disc is not None:
+            self.disc.requires_grad_(True)
+        for path in sorted(frozen):
+            self._module(path).requires_grad_(False)
+
+    # ---------------------------------------------------------------------------------- plans
+    def plan(self, stage: Stage, resuming: bool) -> Plan:
+        cfg, rt, st = stage.cfg, self.rt, self.trainer.state
+        data = self.data_for(stage)
+        try:  # a resolution/clip length the model cannot take fails here, naming the keys, not mid-step
+            self.model.latent_shape_for(tuple(data.info.shape))
+        except ValueError as err:
+            raise ConfigError(f"stages.{stage.index} ({stage.name}): {err}") from None
+        train_loader, val_loader = self._loaders(cfg, data)
+        clock = StageClock(stage.spec, math.ceil(len(train_loader) / cfg.train.grad_accum))
+        total = clock.limit_steps()
+        if not resuming and stage.spec.init_from:
+            self._init_from(stage.spec.init_from)
+            if self.ema is not None:
+                self.ema.copy_from(self.model)  # the average starts from the loaded weights
+        if not resuming:
+            st.frozen = sorted(stage.frozen_groups(set(st.frozen)))
+        self._freeze(st.frozen)
+        updates = {}
+        enc, dec = self.model.encoder, self.model.decoder
+        groups = {"encoder": list(enc.parameters()), "decoder": list(dec.parameters()),
+                  "other": list(self.model.parameters())}
+        gen = build_update("generator", groups, cfg.optim, total, rt)
+        if gen is not None:
+            updates["generator"] = gen
+        d_objective = None
+        if stage.adversarial and self.disc is not None:
+            d_objective = DiscriminatorObjective(cfg.loss).to(rt.device)
+            disc = build_update("discriminator", {"discriminator": list(self.disc.parameters())}, cfg.disc_optim,
+                                total, rt, start_step=cfg.loss.adversarial.start_step)
+            if disc is not None:
+                updates["discriminator"] = disc
+        # the objective may hold a network (perceptual) whose init draws random numbers: seed it on its own, so
+        # it is the same network in a resumed run and the training RNG is untouched
+        with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
+            torch.manual_seed(cfg.run.seed + 104729)
+            objective = VAEObjective(cfg.loss).to(rt.device)
+        forward = rt.wrap(self.model, compile=cfg.train.compile)
+        disc_forward = rt.wrap(self.disc) if d_objective is not None else None
+        return Plan(stage.name, stage.index, cfg, data, train_loader, val_loader, objective, d_objective, updates,
+                    clock, self.model, forward, disc_forward, self._train_mode, lambda s: self._desc(stage, s))
+
+    def _loaders(self, cfg: VaekitConfig, data: DataBundle) -> tuple[Any, Any]:
+        rt = self.rt
+        if rt.world > 1 and not cfg.train.drop_last:
+            raise ConfigError(
+                "train.drop_last: false is not supported with several processes (a partial last batch would "
+                "split unevenly across them); keep the default true"
+            )
+        common = {"rank": rt.rank, "world_size": rt.world, "num_workers": cfg.data.num_workers, "seed": cfg.run.seed}
+        batch = cfg.train.batch_size
+
+        def make(source: Any, train: bool) -> Any:
+            if isinstance(source, LoaderSource):
+                return LoaderBatches(source)
+            if train:
+                return BatchLoader(source, batch, shuffle=True, drop_last=cfg.train.drop_last, labels=False, **common)
+            return BatchLoader(source, batch, shuffle=False, drop_last=False, **common)
+
+        try:
+            train_loader, val_loader = make(data.train, True), make(data.val, False)
+        except ValueError as err:  # e.g. a batch size that the process count does not divide
+            raise ConfigError(str(err)) from None
+        if len(train_loader) == 0:
+            raise ConfigError(f"train.batch_size: {batch} is larger than the training set ({data.info.n_train} samples)")
+        return train_loader, val_loader
+
+    def _init_from(self, source: str) -> None:
+        path = Path(source)
+        if path.is_dir():  # a run directory (its export, else its latest checkpoint) or one checkpoint
+            latest = ckpt.latest_checkpoint(path / "checkpoints")
+            exported = path / "model.safetensors"
+            path = exported if exported.is_file() or latest is None else latest / "model.safetensors"
+        if not path.is_file():
+            raise ConfigError(f"init_from: {source!r} has no model.safetensors")
+        try:
+            ckpt.load_weights(export_module(self.model), path)
+        except VaekitError as err:
+            raise ConfigError(f"init_from: {err}") from None
+        disc_file = path.with_name("discriminator.safetensors")
+        if self.disc is not None and disc_file.is_file():
+            ckpt.load_weights(self.disc, disc_file)
+
+    def _desc(self, stage: Stage, st: Any) -> str:
+        spec, n = stage.spec, len(self.stages)
+        epochs = spec.epochs or spec.max_epochs
+        ep = f"Epoch {st.epoch + 1}" + (f"/{epochs}" if epochs else "")
+        return f"Stage {spec.name} ({stage.index + 1}/{n}) | {ep}" if n > 1 else ep
+
+    # ---------------------------------------------------------------------------------- run
+    def run(self) -> Outcome:
+        t, cfg = self.trainer, self.cfg
+        # a resume truncates metrics.jsonl/TensorBoard to the checkpoint (to nothing when there was none)
+        resumed_at = t.state.step if self.loaded is not None else (-1 if self.resume else None)
+        t.tracker = Tracker(self.run_dir, cfg.log, self.rt.is_main, multi_stage=len(self.stages) > 1,
+                            config=cfg.model_dump(mode="json"), resume_step=resumed_at,
+                            resume_records=t.state.records if self.loaded is not None else None)
+        t.metrics.tracker = t.tracker
+        verb = f"resuming at step {resumed_at} in" if self.loaded is not None else "run directory:"
+        t.console.write(f"{verb} {self.run_dir}")
+        t.console.write(f"data: {self.info.description}")
+        t.console.write(f"model: {type(export_module(self.model)).__name__}, {count_parameters(self.model):,} parameters")
+        if self.rt.is_main and self.loaded is None:
+            text = model_summary(export_module(self.model))
+            if self.disc is not None:
+                text += "\n\ndiscriminator\n" + model_summary(self.disc)
+            (self.run_dir / "model.txt").write_text(text + "\n")
+        try:
+            loaded = self.loaded is not None
+            for stage in self.stages[t.state.stage_index:]:
+                resuming = loaded and t.state.stage_index == stage.index
+                loaded = False
+                if resuming and t.state.stage_done:
+                    # the next stage is built as right after an uninterrupted stage end: RNG now, no optimizers
+                    t.ckpt.register("local", "rng", RNGState())
+                    t.ckpt.pending.clear()
+                    continue
+                t.fit(self.plan(stage, resuming), resuming)
+            summary = self._finish()
+        finally:
+            t.console.close()
+            t.tracker.close()
+            if self.lock is not None:
+                self.lock.release()
+        return Outcome(self.run_dir, t, list(t.tracker.records), summary)
+
+    def _finish(self) -> dict[str, Any]:
+        """Evaluate the test split, export weights (EMA when enabled), write summary.json and curves.png."""
+        t = self.trainer
+        test = self._test_metrics()
+        t.rt.wait()
+        if not self.rt.is_main:
+            return {}
+        export = export_module(t.eval_model())
+        model_cfg = getattr(t.eval_model(), "config", {})
+        meta = {"config": model_cfg, "vaekit_config": self.cfg.model_dump(mode="json")}
+        ckpt.save_weights(export, self.run_dir / "model.safetensors", metadata=meta)
+        (self.run_dir / "model_config.json").write_text(json.dumps(model_cfg, indent=1))
+        records = t.tracker.records
+        last_val = next((r for r in reversed(records) if r["split"] == "val"), {})
+        last_train = next((r for r in reversed(records) if r["split"] == "train"), {})
+        summary = {
+            "run_dir": str(self.run_dir),
+            "steps": t.state.step,
+            "stages": [s.name for s in self.stages],
+            "wall_time_sec": round(t.elapsed(), 2),
+            "parameters": count_parameters(self.model),
+            "discriminator_parameters": count_parameters(self.disc) if self.disc is not None else 0,
+            "final_train": _metrics_only(last_train),
+            "final_val": _metrics_only(last_val),
+            "test": test,
+            "skipped_batches": t.state.skipped_batches,
+            "data": self.info.description,
+            "checkpoint": str(ckpt.latest_checkpoint(self.run_dir / "checkpoints")),
+            "model": str(self.run_dir / "model.safetensors"),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        if self.cfg.log.plots:
+            plot_curves(records, self.run_dir / "curves.png")
+        return summary
+
+    def _test_metrics(self) -> dict[str, float]:
+        """The last stage's test split, evaluated once with the final (EMA) weights; {} without one."""
+        stage = self.stages[-1]
+        data = self.data_for(stage)
+        if data.test is None or len(data.test) == 0:
+            return {}
+        plan = self.plan_for_eval(stage, data)
+        _, loader = self._loaders(stage.cfg, DataBundle(data.train, data.test, data.info))
+        means = self.trainer.validator.run(plan, self.trainer.state, self.trainer.eval_model(), loader=loader)
+        self.trainer.metrics.write({**self.trainer.metrics.where, "step": self.trainer.state.step,
+                                    "epoch": self.trainer.state.epoch, "split": "test", **means}, self.trainer.state)
+        return means
+
+    def plan_for_eval(self, stage: Stage, data: DataBundle) -> Plan:
+        with torch.random.fork_rng(devices=[self.rt.device] if self.rt.device.type == "cuda" else []):
+            objective = VAEObjective(stage.cfg.loss).to(self.rt.device)
+        return Plan(stage.name, stage.index, stage.cfg, data, None, None, objective, None, {}, None, self.model,
+                    self.model, None, self._train_mode, lambda s: "")
+
+
+def _metrics_only(record: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in record.items() if isinstance(v, float)}
+
