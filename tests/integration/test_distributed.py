@@ -135,7 +135,7 @@ def test_two_processes_write_run_files_once(runs) -> None:
     assert len(lines) == len(set(lines))
     keys = [(r["step"], r["split"], r.get("kind")) for r in map(json.loads, lines)]
     assert len(keys) == len(set(keys)), keys
-    assert keys == [(r["step"], r["split"]) for r in read_jsonl(one["run_dir"] / "metrics.jsonl")]
+    assert keys == [(r["step"], r["split"], r.get("kind")) for r in read_jsonl(one["run_dir"] / "metrics.jsonl")]
     # the same checkpoints, each complete, with every rank's RNG state and nothing half-written
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == sorted(p.name for p in (one["run_dir"] / "checkpoints").iterdir())
