@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from vaekit.config.schema import DataConfig
-from vaekit.data import build_data
+from vaekit.data import build_data, from_arrays
+from vaekit.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -92,3 +93,46 @@ def test_rgba_hidden_colour_under_zero_alpha_does_not_leak(tmp_path: Path) -> No
     x = build_data(_folder(tmp_path), seed=0).train[0]["x"]
     assert torch.equal(x[:, :8], torch.ones(3, 8, 16)) and torch.equal(x[:, 8:], torch.zeros(3, 8, 16))
 
+
+# ------------------------------------------------------------------------------------------ arrays
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (np.array([[1, "a"], [2, None]], dtype=object), "x: object array"),
+        (np.array([["a", "b"], ["c", "d"]]), "x: string array"),
+        (np.ones((4, 3), dtype=np.complex64), "x: complex dtype"),
+        ([[1.0, 2.0], [3.0]], "x: cannot be read as one array"),
+        (torch.ones(4, 3, dtype=torch.complex64), "x: complex dtype"),
+    ],
+)
+def test_arrays_of_non_numbers_are_refused_naming_the_argument(x: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as err:
+        from_arrays(x)
+    assert "\n" not in str(err.value)
+
+
+def test_labels_of_the_wrong_length_name_both_lengths() -> None:
+    with pytest.raises(ConfigError, match=r"^y: 7 labels for 10 samples in x"):
+        from_arrays(torch.rand(10, 3), torch.zeros(7))
+    with pytest.raises(ConfigError, match=r"^val_y: 2 labels for 5 samples in val_x"):
+        from_arrays(torch.rand(10, 3), torch.zeros(10), val_x=torch.rand(5, 3), val_y=torch.zeros(2))
+
+
+def test_tensors_that_require_grad_are_detached() -> None:
+    x = torch.rand(10, 3, requires_grad=True)
+    b = from_arrays(x, val_fraction=0.2)
+    assert not b.train.x.requires_grad and not b.val.x.requires_grad
+    assert torch.equal(torch.cat([b.train.x, b.val.x]).sort(0).values, x.detach().sort(0).values)
+
+
+def test_non_finite_values_are_reported_for_the_array_they_are_in_with_count_and_first_index() -> None:
+    val_x = torch.rand(5, 3)
+    val_x[2, 1] = float("inf")
+    val_x[4, 0] = float("nan")
+    with pytest.raises(ConfigError, match=r"^val_x: contains NaN or Inf: 2 value\(s\), the first at val_x\[2, 1\]"):
+        from_arrays(torch.rand(10, 3), val_x=val_x)
+    x = torch.rand(40, 3)
+    x[37, 2] = float("nan")  # with the seeded split, sample 37 may land in either part: it is still x's
+    for seed in range(4):
+        with pytest.raises(ConfigError, match=r"^x: contains NaN or Inf: 1 value\(s\), the first at x\[37, 2\]"):
+            from_arrays(x, val_fraction=0.5, seed=seed)
