@@ -85,3 +85,63 @@ def test_dumped_config_loads_back_equal(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+# ------------------------------------------------------------------------ values that crash at run time
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.group_lr.encoder=-1", "optim.group_lr.encoder"),  # gradient ascent
+        ("disc_optim.group_lr.decoder=0", "disc_optim.group_lr.decoder"),
+        ("optim.betas=[1.0,0.999]", "optim.betas.0"),
+        ("optim.betas=[-0.1,0.9]", "optim.betas.0"),
+        ("disc_optim.betas=[0.5,1.5]", "disc_optim.betas.1"),
+        ("run.seed=-1", "run.seed"),
+        ("run.seed=9223372036854775808", "run.seed"),
+        ("loss.kl.free_bits=.inf", "loss.kl.free_bits"),
+        ("loss.kl.free_bits=1e5", "loss.kl.free_bits"),
+        ("loss.spectral.w_sc=.nan", "loss.spectral.w_sc"),
+        ("optim.lr=inf", "optim.lr"),
+        ("optim.grad_clip=.inf", "optim.grad_clip"),
+        ("loss.adversarial.adaptive_max=.inf", "loss.adversarial.adaptive_max"),
+        ("data.image_size=0", "data.image_size"),
+        ("data.image_size=20000", "data.image_size"),
+        ("data.frames=0", "data.frames"),
+        ("data.num_samples=0", "data.num_samples"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.max_memory_mb=0", "data.max_memory_mb"),
+        ("data.channels=2", "data.channels"),
+        ("model.latent_dim=10000000", "model.latent_dim"),
+        ("model.hidden_dims=[32,70000]", "model.hidden_dims"),
+        ("train.batch_size=2000000", "train.batch_size"),
+        ("log.num_samples=2000", "log.num_samples"),
+        ("train.max_steps=99999999999999999999", "train.max_steps"),
+    ],
+)
+def test_values_that_would_crash_at_run_time_are_refused_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(f"{key}: ") and "\n" not in str(err.value)
+
+
+def test_non_finite_floats_inside_a_stage_are_refused_naming_the_stage() -> None:
+    stages = [{"name": "a", "steps": 1, "loss": {"kl": {"free_bits": float("inf")}}}]
+    with pytest.raises(ConfigError, match=r"^stages\.0\.loss\.kl\.free_bits: inf is invalid"):
+        load_config({"stages": stages})
+
+
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "a\\b", "a\x00b", "", ".", "..", "x" * 65, "warm up"])
+def test_stage_names_must_be_safe_file_names(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"^stages\.0\.name: .*use letters, digits, '-', '_', '\.'"):
+        load_config({"stages": [{"name": name, "steps": 1}]})
+
+
+def test_ordinary_stage_and_run_names_pass() -> None:
+    cfg = load_config({"run": {"name": "my run-1.2", "dir": "../elsewhere/runs"}, "stages": [{"name": "low_res.v2", "steps": 1}]})
+    assert cfg.run.name == "my run-1.2" and cfg.run.dir == "../elsewhere/runs"
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "..", ".", "", "a\nb"])
+def test_run_name_cannot_leave_the_run_dir(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"^run\.name: .*single directory name"):
+        load_config({"run": {"name": name}})
