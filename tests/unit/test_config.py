@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+import vaekit.config.load as load_module
 from vaekit.config.load import ConfigError, dump_config, list_presets, load_config, parse_override
 
 
@@ -145,3 +148,91 @@ def test_ordinary_stage_and_run_names_pass() -> None:
 def test_run_name_cannot_leave_the_run_dir(name: str) -> None:
     with pytest.raises(ConfigError, match=r"^run\.name: .*single directory name"):
         load_config({"run": {"name": name}})
+
+
+# ------------------------------------------------------------------------------- hostile config input
+BOMB = "".join(  # "billion laughs": 9**9 strings from ~350 bytes
+    f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 9) if i else ', '.join(['lol'] * 9)}]\n"
+    for i in range(9)
+)
+
+
+def _one_line_quickly(source: object, overrides: list[str] = (), match: str = "") -> str:
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        load_config(source, list(overrides))
+    assert time.perf_counter() - start < 1.0
+    message = str(err.value)
+    assert "\n" not in message and re.search(match, message), message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (b"train:\n  epochs: \xff\xfe\n", r"not UTF-8 text \(invalid byte at offset 17\)"),
+        ("[" * 500 + "]" * 500, "nested more than 32 levels deep"),
+        ("a: " + "{b: " * 300 + "1" + "}" * 300, "nested more than 32 levels deep"),
+        (BOMB, "expands to more than 100000 values"),
+        ("a: &x [1, *x]\n", "refers to itself"),
+        ("train:\n  epochs: " + "1" * 5000 + "\n", "not valid YAML"),
+        ("# big\n" + " " * (2**20 + 10), "larger than 1 MiB"),
+    ],
+)
+def test_hostile_config_files_answer_in_one_line_within_a_second(tmp_path: Path, text: str | bytes, match: str) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert _one_line_quickly(path, match=match).startswith(f"config file {str(path)!r}")
+
+
+def test_alias_bombs_and_deep_nesting_in_override_values_are_refused() -> None:
+    bomb = "x=[" + ", ".join(line.split(": ", 1)[1] for line in BOMB.splitlines()) + "]"
+    _one_line_quickly(None, [bomb], r"^override 'x': expands to more than")
+    _one_line_quickly(None, ["model.hidden_dims=" + "[" * 600], r"^override 'model.hidden_dims': nested more than")
+    _one_line_quickly(None, [".".join("abcdefghijklmnopqrstuvwxyz") + "=1"], "more than 16 key parts")
+
+
+def test_a_few_aliases_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("optim: &o {lr: 0.01}\ndisc_optim: *o\n")
+    assert load_config(path).disc_optim.lr == 0.01
+
+
+def test_config_paths_that_are_directories_missing_or_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _one_line_quickly(tmp_path, match="is a directory, not a YAML file")
+    _one_line_quickly(tmp_path / "nope.yaml", match="does not exist")
+    _one_line_quickly(str(tmp_path / ("x" * 5000)), match="cannot be read")
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train: {epochs: 1}\n")
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(load_module, "open", denied, raising=False)  # chmod 000 does not stop root
+    _one_line_quickly(path, match=r"cannot be read \(Permission denied\)")
+
+
+@pytest.mark.parametrize("name", ["x" * 5000, "../../etc/passwd", "a/b", "a\\b", "", 42])
+def test_bad_preset_names_are_one_line(name: object) -> None:
+    _one_line_quickly({"preset": name} if name else None, [] if name else ["preset=/"], r"^preset: ")
+
+
+def test_overrides_through_a_list_element_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model: {hidden_dims: [8, 16]}\n")
+    _one_line_quickly(path, ["model.hidden_dims.0.sub=1"], r"^model\.hidden_dims\.0: is a value, not a section")
+    _one_line_quickly(path, ["model.hidden_dims.²=1"], r"^model\.hidden_dims\.²: index out of range")
+    _one_line_quickly(None, ["model.hidden_dims.0.sub=1"], r"^model\.hidden_dims: ")
+    assert load_config(path, ["model.hidden_dims.1=32"]).model.hidden_dims == [8, 32]
+
+
+def test_python_dicts_that_are_cyclic_or_deep_are_one_line() -> None:
+    cyclic: dict = {"train": {}}
+    cyclic["train"]["self"] = cyclic
+    _one_line_quickly(cyclic, match="nested more than")
+    deep: dict = {}
+    node = deep
+    for _ in range(500):
+        node["a"] = {}
+        node = node["a"]
+    _one_line_quickly({"stage_defaults": deep}, match="nested more than")
