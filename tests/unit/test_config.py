@@ -236,3 +236,48 @@ def test_python_dicts_that_are_cyclic_or_deep_are_one_line() -> None:
         node["a"] = {}
         node = node["a"]
     _one_line_quickly({"stage_defaults": deep}, match="nested more than")
+
+
+# ------------------------------------------------------------------------------------- model size
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.hidden_dims=[65536,65536]"], r"^model\.hidden_dims: \[65536, 65536\] needs about \d+ GB of param"),
+        (["model.arch=mlp", "data.image_size=4096", "model.hidden_dims=[1024]"], r"^model\.hidden_dims: \[1024\] needs"),
+        (["model.latent_dim=1000000", "data.image_size=64"], r"^model\.latent_dim: 1000000 needs about \d+ GB"),
+    ],
+)
+def test_models_too_large_for_memory_are_refused_before_anything_is_built(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_real_models_pass_the_size_check() -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    for path in sorted(examples.glob("*.yaml")):
+        load_config(path)
+    for name in list_presets():
+        load_config(None, preset=name)
+    load_config(None, ["data.source=moving_shapes", "data.image_size=256", "data.frames=16", "data.channels=3",
+                       "model.hidden_dims=[128,256,512,512]", "model.latent=spatial"])
+    load_config(None, ["model.arch=mlp", "data.image_size=256", "data.channels=3", "model.hidden_dims=[2048,1024]"])
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "shape"),
+    [
+        ({}, {"image_size": 64}, (1, 64, 64)),
+        ({"hidden_dims": [8, 16, 16], "latent": "spatial"}, {"source": "moving_shapes", "image_size": 32}, (1, 4, 32, 32)),
+        ({"arch": "mlp", "hidden_dims": [64, 32]}, {"source": "mnist", "image_size": 28}, (1, 28, 28)),
+        ({"hidden_dims": [8, 16]}, {"source": "tensor"}, (2, 256)),
+        ({"arch": "mlp", "hidden_dims": [16]}, {"source": "tensor"}, (20,)),
+    ],
+)
+def test_parameter_estimate_never_exceeds_the_built_model(model: dict, data: dict, shape: tuple) -> None:
+    from vaekit.config.checks import estimate_parameters
+    from vaekit.config.schema import DataConfig, ModelConfig
+    from vaekit.models import build_model
+
+    mc, dc = ModelConfig(**model), DataConfig(**data)
+    real = sum(p.numel() for p in build_model(mc, shape, "bce").parameters())
+    assert 0 < sum(estimate_parameters(mc, dc)) <= real
