@@ -32,7 +32,7 @@ MAX_FILE_BYTES = 2**20
 MAX_DEPTH = 32
 """Nesting levels of mappings/lists; the deepest real key (``stages.0.loss.adversarial.discriminator.channels``)
 needs 6."""
-MAX_NODES = 100_000
+MAX_NODES = 20_000
 """Values in one YAML document or config tree, aliases expanded; a real config has a few hundred."""
 MAX_KEY_PARTS = 16
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 INT64_MAX = 2**63 - 1
 MAX_WIDTH = 65536
 """Largest channel count / layer width per ``model.hidden_dims`` entry."""
+MAX_STAGES = 100
 STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -374,3 +375,11 @@ class VaekitConfig(Section):
     log: LogConfig = Field(default_factory=LogConfig)
     stage_defaults: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(default_factory=list)
+    """At most ``MAX_STAGES``: each stage is validated as a whole config, and a run has a handful."""
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _few_stages(cls, v: Any) -> Any:
+        if isinstance(v, list) and len(v) > MAX_STAGES:  # before validating thousands of items
+            raise ValueError(f"at most {MAX_STAGES} stages (got {len(v)})")
+        return v
