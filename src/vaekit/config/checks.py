@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 from vaekit.config.load import ConfigError
-from vaekit.config.schema import VaekitConfig
+from vaekit.config.schema import DataConfig, ModelConfig, VaekitConfig
+
+MAX_PARAM_BYTES = 4e9
+"""fp32 parameter memory above which a config is refused before anything is built (a typo such as an extra zero
+in ``model.hidden_dims`` would otherwise allocate until the machine swaps)."""
 
 
 def check_config(cfg: VaekitConfig) -> None:
-    """Stages, transitions and freezing rules, then optimizer/scheduler arguments (before any data is read)."""
+    """Stages, transitions and freezing rules, then optimizer/scheduler arguments and the model's size (before
+    any data is read)."""
     from vaekit.pipeline.stages import check_stages, produced_metrics, resolve_stages
 
     stages = resolve_stages(cfg)
@@ -15,6 +22,7 @@ def check_config(cfg: VaekitConfig) -> None:
     for st in stages:
         prefix = f"stages.{st.index}." if cfg.stages else ""
         _check_optim(st.cfg, prefix)
+        _check_model_size(cfg.model, st.cfg.data, f" (with stages.{st.index}.data)" if cfg.stages else "")
 
 
 def _check_optim(cfg: VaekitConfig, prefix: str) -> None:
@@ -23,3 +31,46 @@ def _check_optim(cfg: VaekitConfig, prefix: str) -> None:
         for group in optim.group_lr:
             if group not in ("encoder", "decoder"):
                 raise ConfigError(f"{prefix}{key}.group_lr.{group}: unknown group; use encoder or decoder")
+
+
+def estimate_parameters(model: ModelConfig, data: DataConfig) -> tuple[int, int]:
+    """A lower bound on the autoencoder's parameter count from the config alone (torch-free, no data read).
+
+    Returns:
+        ``(body, latent)``: parameters of the hidden stages/layers, and of the layers into and out of the latent.
+        Every unknown is taken at its smallest (one input channel, a 1D kernel for arrays from Python, which may be
+        audio, a 1x1 bottleneck when ``data.image_size`` is unset), so a real model is never over-estimated.
+    """
+    h, z = model.hidden_dims, model.latent_dim
+    channels = data.channels or 1
+    size = data.image_size if data.source != "tensor" else None
+    if model.arch == "conv":
+        k = 3 if data.source == "tensor" else 9  # 3x3 (images; video's 3x3x3 counted as 3x3)
+        ins = [channels, *h[:-1]]
+        body = 2 * sum(c_in * c_out * k for c_in, c_out in zip(ins, h, strict=True))  # down conv + up conv_t
+        if model.latent == "vector":
+            bottom = math.ceil(size / 2 ** len(h)) ** 2 if size else 1
+            latent = 3 * h[-1] * bottom * z  # Linear(flat, 2z) + Linear(z, flat)
+        else:
+            latent = 3 * h[-1] * z * k
+        return body, latent
+    widths = [channels * size * size, *h] if size else list(h)
+    body = 2 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))  # encoder + mirrored decoder
+    return body, 3 * h[-1] * z
+
+
+def _check_model_size(model: ModelConfig, data: DataConfig, where: str) -> None:
+    body, latent = estimate_parameters(model, data)
+    gb = 4 * (body + latent) / 1e9
+    if 4 * (body + latent) <= MAX_PARAM_BYTES:
+        return
+    limit = f"the limit is {MAX_PARAM_BYTES / 1e9:g} GB"
+    if latent > body:
+        raise ConfigError(
+            f"model.latent_dim: {model.latent_dim} needs about {gb:.0f} GB of parameters{where} (fp32); {limit}: "
+            "use a smaller model.latent_dim (or model.latent=spatial)"
+        )
+    raise ConfigError(
+        f"model.hidden_dims: {model.hidden_dims} needs about {gb:.0f} GB of parameters{where} (fp32); {limit}: "
+        "use smaller widths"
+    )

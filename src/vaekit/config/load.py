@@ -2,12 +2,19 @@
 
 A bad value never becomes a traceback: ``ConfigError`` carries one line that names the full key path, the value
 and what is allowed, and the CLI prints it and exits with code 2.
+
+Untrusted input is bounded before anything expensive runs: a config file is at most 1 MiB of UTF-8 text; YAML
+(files and override values) may nest at most ``MAX_DEPTH`` levels and expand to at most ``MAX_NODES`` values with
+every alias counted at its full size (so a few hundred bytes of nested aliases, "billion laughs", are refused
+while parsing instead of being expanded by validation); dotted keys have at most ``MAX_KEY_PARTS`` parts.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import os
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,6 +27,16 @@ from vaekit.config.schema import VaekitConfig
 from vaekit.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_FILE_BYTES = 2**20
+MAX_DEPTH = 32
+"""Nesting levels of mappings/lists; the deepest real key (``stages.0.loss.adversarial.discriminator.channels``)
+needs 6."""
+MAX_NODES = 20_000
+"""Values in one YAML document or config tree, aliases expanded; a real config has a few hundred."""
+MAX_KEY_PARTS = 16
+
+_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: fast and same results
 
 
 # ------------------------------------------------------------------------------------ presets
@@ -33,10 +50,58 @@ def list_presets() -> dict[str, str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"preset: unknown preset {name!r}; choose one of {', '.join(list_presets())}")
-    return yaml.safe_load(path.read_text()) or {}
+    if not isinstance(name, str) or not PRESET_NAME.fullmatch(name) or not (PRESET_DIR / f"{name}.yaml").is_file():
+        raise ConfigError(f"preset: unknown preset {_short(name)}; choose one of {', '.join(list_presets())}")
+    return yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {}
+
+
+# ------------------------------------------------------------------------------------- bounded YAML
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses deep nesting and alias expansion beyond the budgets, in one line.
+
+    Raises:
+        ConfigError: naming ``where`` when a budget is exceeded.
+        yaml.YAMLError, ValueError: not valid YAML (the caller words it).
+    """
+    _check_yaml_size(text, where)
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a safe loader
+
+
+def _check_yaml_size(text: str, where: str) -> None:
+    # One pass over the parser's events (no tree is built, nothing recurses): the nesting depth, and each node's
+    # size with aliases expanded, counted bottom-up so an alias costs the full size of what it names.
+    open_nodes: list[list[Any]] = []  # per open mapping/sequence: [anchor, expanded size so far]
+    sizes: dict[str, int] = {}
+    total = 0
+    for event in yaml.parse(text, Loader=_YamlLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            open_nodes.append([event.anchor, 1])
+            if len(open_nodes) > MAX_DEPTH:
+                raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+            continue
+        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            anchor, n = open_nodes.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, n = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, n = None, sizes.get(event.anchor, 0)
+            if event.anchor in (a for a, _ in open_nodes):
+                raise ConfigError(f"{where}: alias *{event.anchor} refers to itself (a recursive structure)")
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = n
+        if open_nodes:
+            open_nodes[-1][1] += n
+            n = open_nodes[-1][1]
+        else:
+            total += n
+            n = total
+        if n > MAX_NODES:
+            raise ConfigError(
+                f"{where}: expands to more than {MAX_NODES} values (YAML aliases counted in full); "
+                "a config needs a few hundred"
+            )
 
 
 # ---------------------------------------------------------------------------------- overrides
@@ -54,14 +119,16 @@ def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"optim.lr=1e-4"`` → (["optim", "lr"], 0.0001). Values are YAML (``[32,64]``, ``true``, ``null``)."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key.path=value")
+        raise ConfigError(f"override {_short(item)}: expected key.path=value")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {item!r}: empty key")
+        raise ConfigError(f"override {_short(item)}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = safe_yaml(raw, f"override {_short(key)}") if raw.strip() else ""
+    except (yaml.YAMLError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
         value = raw
     if isinstance(value, str):
         value = _maybe_number(value)
@@ -69,7 +136,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def _maybe_number(text: str) -> Any:
-    # YAML 1.1 reads "1e-4" as a string; users mean a number.
+    # YAML 1.1 reads "1e-4" as a string; users mean a number. Words ("nan", "inf") stay strings.
+    if any(c.isalpha() and c not in "eE" for c in text):
+        return text
     try:
         return int(text)
     except ValueError:
@@ -82,15 +151,17 @@ def _maybe_number(text: str) -> Any:
 
 def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
     """Set ``tree[a][b]...`` creating dicts on the way; an integer part indexes a list (``stages.1.steps``)."""
+    if len(path) > MAX_KEY_PARTS:
+        raise ConfigError(f"{_short_key('.'.join(path))}: more than {MAX_KEY_PARTS} key parts")
     node: Any = tree
     for i, part in enumerate(path[:-1]):
         where = ".".join(path[: i + 1])
         if isinstance(node, list):
             node = node[_list_index(node, part, where)]
-            continue
-        if part not in node or node[part] is None:
-            node[part] = {}
-        node = node[part]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"{where}: is a value, not a section; cannot set {'.'.join(path)}")
     last = path[-1]
@@ -101,27 +172,63 @@ def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def _list_index(node: list, part: str, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"{where}: index out of range (the list has {len(node)} entries)")
+    if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
+        raise ConfigError(f"{_short_key(where)}: index out of range (the list has {len(node)} entries)")
     return int(part)
 
 
 # ----------------------------------------------------------------------------------- loading
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    """A config file's top-level mapping; ConfigError naming the file when it cannot be read or parsed."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"config: expected a file path, a mapping or a VaekitConfig, got {type(path).__name__}")
+    name = f"config file {_short(str(path))}"
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        with open(path, "rb") as f:  # not only regular files: `vaekit train <(...)` passes a pipe
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{name} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a YAML file") from None
+    except (OSError, ValueError) as err:  # permissions, a too-long name, an embedded NUL
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ConfigError(f"{name}: cannot be read ({reason})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{name}: larger than {MAX_FILE_BYTES // 2**20} MiB; a config is a few KB of YAML")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{name}: not UTF-8 text (invalid byte at offset {err.start}); save it as UTF-8") from None
+    try:
+        data = safe_yaml(text, name)
+    except ConfigError:
+        raise
+    except (yaml.YAMLError, ValueError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(path)!r}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(f"{name}{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r}: the top level must be a mapping of sections")
+        raise ConfigError(f"{name}: the top level must be a mapping of sections")
     return data
+
+
+def check_tree(tree: Any, where: str = "config") -> None:
+    """Refuse a tree (e.g. a dict from Python) deeper than ``MAX_DEPTH`` or with more than ``MAX_NODES`` values,
+    counting shared sub-trees each time they appear (a cycle is infinitely deep)."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ConfigError(f"{where}: more than {MAX_NODES} values; a config needs a few hundred")
+        if isinstance(node, (Mapping, list, tuple)):
+            if depth >= MAX_DEPTH:
+                raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+            children = node.values() if isinstance(node, Mapping) else node
+            stack.extend((child, depth + 1) for child in children)
 
 
 def resolve_dict(
@@ -133,6 +240,7 @@ def resolve_dict(
     if isinstance(source, VaekitConfig):
         tree = source.model_dump(mode="json")
     elif isinstance(source, Mapping):
+        check_tree(source)
         tree = copy.deepcopy(dict(source))
     elif source is None:
         tree = {}
@@ -145,18 +253,20 @@ def resolve_dict(
             preset = value
     preset = preset or tree.get("preset")
     if preset:
-        tree = deep_merge(load_preset(str(preset)), tree)
+        tree = deep_merge(load_preset(preset), tree)
         tree["preset"] = preset
     for path, value in items:
         set_dotted(tree, path, value)
+    check_tree(tree)
     return tree
 
 
 def _override_items(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[list[str], Any]]:
     if isinstance(overrides, Mapping):
+        check_tree(overrides, "overrides")
         items = []
         for key, value in overrides.items():
-            path = key.replace("__", ".").split(".")
+            path = str(key).replace("__", ".").split(".")
             if isinstance(value, Mapping):  # train={"epochs": 2} → train.epochs=2
                 items.extend((path + sub, v) for sub, v in _flatten(value))
             else:
@@ -212,7 +322,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], prefix
         return f"{key}: unknown key{tip} (allowed: {', '.join(allowed)})"
     if kind == "literal_error":
         expected = e.get("ctx", {}).get("expected", "")
-        return f"{key}: {value!r} is not allowed; choose one of {expected}"
+        return f"{key}: {_short(value)} is not allowed; choose one of {expected}"
     if kind == "missing":
         return f"{key}: required"
     msg = e["msg"].removeprefix("Value error, ")
@@ -220,8 +330,15 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], prefix
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print (Python's 4300-digit limit)
+        text = f"<a {type(value).__name__} too large to print>"
     return text if len(text) < 80 else text[:77] + "..."
+
+
+def _short_key(key: str) -> str:
+    return key if len(key) < 80 else key[:77] + "..."
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -6,15 +6,54 @@ Python API all address the same names. Cross-field checks live in ``model_valida
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+INT64_MAX = 2**63 - 1
+MAX_WIDTH = 65536
+"""Largest channel count / layer width per ``model.hidden_dims`` entry."""
+MAX_STAGES = 100
+STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+def _check_ints(value: Any) -> None:
+    """Every integer (also inside lists and dicts) must fit in int64: torch, numpy and checkpoints store them so."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ValueError("must fit in a 64-bit integer (at most 2**63 - 1 in size)")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_ints(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_ints(item)
+
 
 class Section(BaseModel):
-    """Base of every section: strict keys, validated on assignment."""
+    """Base of every section: strict keys, validated on assignment, floats finite, integers within int64."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int64(cls, v: Any) -> Any:
+        _check_ints(v)
+        return v
+
+
+def check_stage_name(name: str) -> str:
+    """Stage names become file names (sample grids, checkpoints' state): letters, digits, '-', '_', '.'."""
+    if not STAGE_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            "must be a safe file name of 1-64 characters: use letters, digits, '-', '_', '.' ('.' and '..' refused)"
+        )
+    return name
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -22,9 +61,24 @@ class RunConfig(Section):
     name: str | None = None
     """Run name; the run directory is ``{dir}/{name}``. Default: ``{data.source}-{model.arch}-{timestamp}``."""
     dir: str = "runs"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=INT64_MAX)
     overwrite: bool = False
     """Reuse ``{dir}/{name}`` if it exists (its checkpoints are deleted). Default: refuse, suggest --resume."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        # The run directory is {dir}/{name}: a name must not climb out of run.dir or name a nested path.
+        if v is None:
+            return v
+        if v.strip() in ("", ".", "..") or any(c in v for c in "/\\") or any(ord(c) < 32 for c in v):
+            raise ValueError(
+                "must be a single directory name: no '/', '\\' or control characters, not empty, '.' or '..' "
+                "(put parent directories in run.dir)"
+            )
+        if len(v.encode("utf-8", "surrogatepass")) > 200:
+            raise ValueError("must be at most 200 bytes (a directory name)")
+        return v
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -35,23 +89,23 @@ class DataConfig(Section):
     source: DataSource = "shapes"
     path: str | None = None
     """Directory (mnist: the IDX .gz files; image_folder: the image tree; video_folder: video files)."""
-    image_size: int | None = None
+    image_size: int | None = Field(None, ge=1, le=16384)
     """Images/frames are resized (short side) and cropped to this square size. Default: the source's native size."""
-    channels: int | None = None
+    channels: Literal[1, 3] | None = None
     """1 (grayscale) or 3 (RGB). Default: the source's own."""
     crop: Literal["center", "random"] = "center"
     flip: bool = False
     """Random horizontal flip (training only)."""
-    frames: int = 8
+    frames: int = Field(8, ge=1, le=65536)
     """Frames per clip for video sources."""
-    num_samples: int | None = None
+    num_samples: int | None = Field(None, ge=1)
     """Procedural sources: how many samples to generate; other sources: use only the first N (debugging)."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """Held-out fraction for sources without their own validation split."""
     in_memory: Literal["auto", "always", "never"] = "auto"
     """auto: decode into one tensor when the data set is under ``max_memory_mb``; else stream through workers."""
-    max_memory_mb: int = 2048
-    num_workers: int = 0
+    max_memory_mb: int = Field(2048, ge=1)
+    num_workers: int = Field(0, ge=0, le=1024)
     on_error: Literal["raise", "skip"] = "raise"
     """A corrupt or unreadable file: stop with its name, or skip it and count it in the log."""
 
@@ -61,7 +115,7 @@ class ModelConfig(Section):
     arch: Literal["conv", "mlp", "custom"] = "conv"
     """conv: convolutional VAE, 1D/2D/3D chosen from the data (audio/images/video); mlp: flat inputs;
     custom: a module passed to ``vaekit.train(model=...)`` (set automatically)."""
-    latent_dim: int = Field(10, ge=1)
+    latent_dim: int = Field(10, ge=1, le=2**20)
     """Vector latent size, or channels per position with ``latent: spatial``."""
     latent: Literal["vector", "spatial"] = "vector"
     """vector: a flat z (classic VAE); spatial: a fully-convolutional z map (LDM-style, any input size)."""
@@ -81,6 +135,10 @@ class ModelConfig(Section):
     def _nonempty(cls, v: list[int]) -> list[int]:
         if not v or any(d < 1 for d in v):
             raise ValueError("must be a non-empty list of positive integers")
+        if any(d > MAX_WIDTH for d in v):
+            raise ValueError(f"each entry must be at most {MAX_WIDTH}")
+        if len(v) > 64:
+            raise ValueError("at most 64 stages/layers")
         return v
 
 
@@ -96,7 +154,7 @@ class KLConfig(Section):
     """nats."""
     capacity_steps: int = Field(10000, ge=1)
     gamma: float = Field(1000.0, ge=0.0)
-    free_bits: float = Field(0.0, ge=0.0)
+    free_bits: float = Field(0.0, ge=0.0, le=1e4)
     """Minimum KL per latent dimension in nats (batch mean), Kingma et al. 2016."""
 
 
@@ -203,12 +261,13 @@ class OptimConfig(Section):
     name: OptimName = "adam"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    """Adam/AdamW moment decay rates, each in [0, 1)."""
     momentum: float = Field(0.0, ge=0.0)
     eps: float = Field(1e-8, gt=0.0)
     grad_clip: float | None = Field(None, gt=0.0)
     """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
-    group_lr: dict[str, float] = Field(default_factory=dict)
+    group_lr: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
     """Per-module-group learning rates, e.g. ``{encoder: 1e-4}`` (groups: encoder, decoder)."""
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 
@@ -226,7 +285,7 @@ class TrainConfig(Section):
     """Epochs (the default run, 3 epochs of the procedural shapes, takes a few minutes on 2 CPU cores)."""
     max_steps: int | None = Field(None, ge=0)
     """Stop after this many optimizer steps (wins over epochs when both are set)."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=2**20)
     """Global batch per forward pass, summed over processes (each of N processes gets batch_size/N)."""
     grad_accum: int = Field(1, ge=1)
     precision: Literal["no", "fp16", "bf16"] = "no"
@@ -260,7 +319,7 @@ class LogConfig(Section):
     jsonl: bool = True
     samples: bool = True
     """Write input/reconstruction grids and prior samples at each validation."""
-    num_samples: int = Field(16, ge=1)
+    num_samples: int = Field(16, ge=1, le=1024)
     plots: bool = True
     wandb: bool = False
     mlflow: bool = False
@@ -271,7 +330,7 @@ class StageConfig(BaseModel):
     """One phase of a pipeline. It may override the sections ``data``, ``loss``, ``optim``, ``disc_optim``,
     ``train`` and ``log``; the model (architecture) and the run are the same in every stage."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     epochs: int | None = Field(None, ge=1)
@@ -294,6 +353,17 @@ class StageConfig(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict)
     log: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_stage_name(v)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int64(cls, v: Any) -> Any:
+        _check_ints(v)
+        return v
+
 
 # ------------------------------------------------------------------------------------------- all
 class VaekitConfig(Section):
@@ -310,3 +380,11 @@ class VaekitConfig(Section):
     log: LogConfig = Field(default_factory=LogConfig)
     stage_defaults: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(default_factory=list)
+    """At most ``MAX_STAGES``: each stage is validated as a whole config, and a run has a handful."""
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _few_stages(cls, v: Any) -> Any:
+        if isinstance(v, list) and len(v) > MAX_STAGES:  # before validating thousands of items
+            raise ValueError(f"at most {MAX_STAGES} stages (got {len(v)})")
+        return v

@@ -4,6 +4,11 @@ Each image is converted to RGB (or L with ``data.channels: 1``), its short side 
 (default 64) and cropped to a square: centre crop, or with ``data.crop: random`` a random crop for training;
 ``data.flip`` adds a random horizontal flip for training. Validation is always centre-cropped, never flipped.
 
+Modes: 16-bit grayscale PNGs (PIL's ``I;16``/``I``) keep their precision (a float image, scaled by 65535; 8-bit
+would clip everything above 255 to white); 16-bit colour PNGs arrive from PIL at 8 bits (the high byte), i.e.
+also scaled by 65535 up to 1/255. Palette images are expanded through their palette. Images with alpha (LA, RGBA,
+palette transparency) are composited over black (premultiplied), so colours hidden under alpha 0 never leak in.
+
 Memory: without random augmentation, ``data.in_memory: auto`` decodes everything once at build into an
 `ArraySource` when it fits in ``data.max_memory_mb``. With random crop or flip the sources stream (a `FileSource`
 decodes and augments each sample, seeded per (seed, epoch, index)); ``in_memory: always`` is then an error.
@@ -44,13 +49,29 @@ def scan_images(root: str | Path) -> list[Path]:
 
 
 def load_image(path: Path, channels: int) -> Image.Image:
-    """Open and fully decode ``path`` as RGB (channels 3) or L (channels 1); DataError naming the file."""
+    """Open and fully decode ``path`` as RGB (channels 3), L (channels 1), or F (float in [0, 1], one channel)
+    for high-bit-depth grayscale; DataError naming the file."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("L" if channels == 1 else "RGB")
+            return normalize_mode(img, channels)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
+
+
+def normalize_mode(img: Image.Image, channels: int) -> Image.Image:
+    """``img`` as L/RGB (8-bit sources) or F in [0, 1] (16/32-bit integer grayscale); alpha composited on black."""
+    if img.mode.startswith("I"):  # I;16, I;16B, I;16L, I: integer grayscale, PNG stores it at 16 bits
+        arr = np.asarray(img, dtype=np.float32) / 65535.0
+        return Image.fromarray(np.clip(arr, 0.0, 1.0).astype(np.float32))  # mode F
+    if img.mode == "F":
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # through the palette, with its transparency if any
+    if img.mode in ("LA", "La", "RGBA", "RGBa"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return img.convert("L" if channels == 1 else "RGB")
 
 
 def resize_and_crop(img: Image.Image, size: int, generator: torch.Generator | None = None) -> Image.Image:
@@ -69,8 +90,12 @@ def resize_and_crop(img: Image.Image, size: int, generator: torch.Generator | No
     return img.crop((left, top, left + size, top + size))
 
 
-def to_tensor(img: Image.Image) -> Tensor:
-    """A PIL image as (C, H, W) float32 in [0, 1]."""
+def to_tensor(img: Image.Image, channels: int | None = None) -> Tensor:
+    """A PIL image as (C, H, W) float32 in [0, 1]; a float (F) image is clamped (bicubic overshoots) and, with
+    ``channels=3``, repeated to RGB."""
+    if img.mode == "F":
+        x = torch.from_numpy(np.array(img, dtype=np.float32)).clamp_(0.0, 1.0)[None]  # (1, H, W)
+        return x.expand(channels or 1, -1, -1).contiguous()
     arr = np.array(img, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div_(255.0)
@@ -115,7 +140,7 @@ class ImageFolderSource(FileSource):
         else:
             raise DataError(f"{self.paths[0].parent}: no readable image left")
         img = resize_and_crop(img, self.size, g if self.random_crop else None)
-        x = to_tensor(img)  # (C, H, W)
+        x = to_tensor(img, self.channels)  # (C, H, W)
         if self.flip and g is not None and bool(torch.rand((), generator=g) < 0.5):
             x = x.flip(-1)
         return {"x": x}
@@ -134,7 +159,7 @@ def _probe(path: Path) -> str | None:
 def _decode_all(paths: list[Path], size: int, channels: int) -> list[Tensor | DataError]:
     def one(p: Path) -> Tensor | DataError:
         try:
-            return to_tensor(resize_and_crop(load_image(p, channels), size))
+            return to_tensor(resize_and_crop(load_image(p, channels), size), channels)
         except DataError as e:
             return e
 
