@@ -9,11 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from vaekit.config.schema import DataConfig
-from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, FileSource, Source, split_indices
+from vaekit.data.audio import build_audio_folder
+from vaekit.data.base import (
+    ArraySource,
+    DataBundle,
+    DataError,
+    DataInfo,
+    FileSource,
+    Source,
+    split_indices,
+    split_three,
+)
 from vaekit.data.images import build_image_folder
 from vaekit.data.loader import BatchLoader
 from vaekit.data.mnist import build_mnist
+from vaekit.data.records import build_records
 from vaekit.data.shapes import build_shapes, make_shapes
+from vaekit.data.tables import build_table
+from vaekit.data.tags import build_tags
 from vaekit.data.tensors import from_arrays
 from vaekit.data.video import build_moving_shapes, build_video_folder, make_moving_shapes, read_video_clips
 
@@ -31,6 +44,7 @@ __all__ = [
     "make_shapes",
     "read_video_clips",
     "split_indices",
+    "split_three",
 ]
 
 _BUILDERS = {
@@ -39,6 +53,10 @@ _BUILDERS = {
     "image_folder": build_image_folder,
     "moving_shapes": build_moving_shapes,
     "video_folder": build_video_folder,
+    "audio_folder": build_audio_folder,
+    "table": build_table,
+    "tags": build_tags,
+    "records": build_records,
 }
 
 
