@@ -520,3 +520,52 @@ def test_audio_truncated_flac_fails_at_load_naming_it_or_is_replaced_when_skippi
         DataConfig(source="audio_folder", path=str(tmp_path), segment=0.5, val_fraction=0, on_error="skip"), 0
     )
     assert all(s.train[i]["x"].shape == (1, 4000) for i in range(len(s.train)))
+
+
+# ----------------------------------------------------------------------------------------- examples
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _tiny_files(tmp_path: Path) -> dict[str, dict[str, str]]:
+    """Tiny stand-ins for the shared data sets, as data.* overrides per example file."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(6):
+        sf.write(audio / f"{i % 3}_x_{i}.wav", _tone(4000, 8000), 8000)
+    tags = _tags_csv(tmp_path / "tags.csv").read_text().replace("aspects", "aspect_list")
+    (tmp_path / "tags.csv").write_text(tags)
+    ebd = _ebird(tmp_path / "ebd.txt", [("A a", "1", f"S{i}", "1", "") for i in range(10)])
+    events = tmp_path / "sampling.txt"
+    events.write_text(
+        "SAMPLING EVENT IDENTIFIER\tALL SPECIES REPORTED\n" + "".join(f"S{i}\t1\n" for i in range(12))
+    )
+    table = tmp_path / "surveys.csv"
+    table.write_text(
+        "record_id,month,day,year,plot_id,species_id,sex,hindfoot_length,weight\n"
+        + "".join(
+            f"{i},{i % 12 + 1},{i % 28 + 1},1990,{i % 5},DM,M,{30 + i % 3},{'' if i % 4 else 40 + i}\n"
+            for i in range(20)
+        )
+        + "21,1,1,1991,2,PP,F,20,12\n"
+    )
+    video = tmp_path / "video"
+    video.mkdir()
+    _write_video(video / "a.mp4", 48)
+    return {
+        "audio_digits.yaml": {"path": str(audio)},
+        "tags_musiccaps.yaml": {"path": str(tmp_path / "tags.csv"), "min_count": "1"},
+        "records_ebird.yaml": {"path": str(ebd), "events_path": str(events)},
+        "table_portal.yaml": {"path": str(table)},
+        "video_clips.yaml": {"path": str(video)},
+    }
+
+
+def test_example_configs_validate_and_build_on_tiny_files(tmp_path: Path) -> None:
+    from vaekit.config.load import load_config
+
+    for name, data in _tiny_files(tmp_path).items():
+        cfg = load_config(EXAMPLES / name, [f"data.{k}={v}" for k, v in data.items()])
+        b = build_data(cfg.data, seed=0)
+        assert b.info.n_train > 0 and b.test is not None, name
+        assert b.train[0]["x"].shape == b.info.shape, name
+        json.dumps(b.info.meta)

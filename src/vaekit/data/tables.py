@@ -25,6 +25,7 @@ import csv
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -386,7 +387,8 @@ def build_table(cfg: DataConfig, seed: int) -> DataBundle:
                 "all; set data.impute=mean or data.impute=zero, or leave the column out with data.columns)"
             )
         if cfg.impute == "mean":
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # an all-missing column: reported below
+                warnings.simplefilter("ignore", RuntimeWarning)
                 fill = np.nanmean(x[tr], axis=0)
             empty = np.isnan(fill)
             if empty.any():
