@@ -1,7 +1,9 @@
-"""Data sources and batching: `build_data(cfg, seed)` → `DataBundle(train, val, info)`; `BatchLoader` batches.
+"""Data sources and batching: `build_data(cfg, seed)` → `DataBundle(train, val, info, test)`; `BatchLoader` batches.
 
 One module per source: `shapes` (procedural dSprites-style), `mnist` (IDX files), `images` (image folders),
-`video` (procedural moving shapes; a PyAV clip reader), `tensors` (arrays from Python). See docs/design.md.
+`video` (procedural moving shapes; streamed video files and frame folders), `audio` (streamed sound files),
+`tables` (CSV/TSV/Parquet/NumPy/ARFF), `tags` (multi-hot tag lists), `records` (long-format records pivoted to
+events × items), `tensors` (arrays from Python). See docs/design.md and docs/data_sources.md.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ _BUILDERS = {
 
 
 def build_data(cfg: DataConfig, seed: int, arrays: dict[str, Any] | None = None) -> DataBundle:
-    """Build the train and validation sources that ``cfg.source`` names.
+    """Build the train, validation (and, with ``data.split`` or a source's own test set, test) sources.
 
     Args:
         cfg: the ``data`` section.
@@ -70,7 +72,7 @@ def build_data(cfg: DataConfig, seed: int, arrays: dict[str, Any] | None = None)
             (``x`` required; see `from_arrays`).
 
     Raises:
-        ValueError: a setting is missing or inconsistent (the message names the key).
+        ConfigError: a setting is missing or inconsistent (the message names the key; a ValueError).
         DataError: a file is missing, corrupt or unreadable (the message names the file).
     """
     if cfg.source == "tensor":
