@@ -82,32 +82,115 @@ class RunConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- data
-DataSource = Literal["shapes", "mnist", "image_folder", "moving_shapes", "video_folder", "tensor"]
+DataSource = Literal[
+    "shapes",
+    "mnist",
+    "image_folder",
+    "moving_shapes",
+    "video_folder",
+    "audio_folder",
+    "table",
+    "tags",
+    "records",
+    "tensor",
+]
 
 
 class DataConfig(Section):
     source: DataSource = "shapes"
     path: str | None = None
-    """Directory (mnist: the IDX .gz files; image_folder: the image tree; video_folder: video files)."""
+    """Directory (mnist: the IDX .gz files; image_folder: the image tree; video_folder: video files or frame
+    folders; audio_folder: sound files) or file (table, tags, records)."""
     image_size: int | None = Field(None, ge=1, le=16384)
     """Images/frames are resized (short side) and cropped to this square size. Default: the source's native size."""
-    channels: Literal[1, 3] | None = None
-    """1 (grayscale) or 3 (RGB). Default: the source's own."""
+    channels: Literal[1, 2, 3] | None = None
+    """Images/video: 1 (grayscale) or 3 (RGB); audio: 1 (mono mix-down) or 2 (stereo). Default: the source's
+    own (audio: 1)."""
     crop: Literal["center", "random"] = "center"
     flip: bool = False
     """Random horizontal flip (training only)."""
     frames: int = Field(8, ge=1, le=65536)
     """Frames per clip for video sources."""
+    frame_stride: int = Field(1, ge=1)
+    """video_folder: take every n-th frame (a clip spans ``frames * frame_stride`` source frames)."""
     num_samples: int | None = Field(None, ge=1)
     """Procedural sources: how many samples to generate; other sources: use only the first N (debugging)."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    """Held-out fraction for sources without their own validation split."""
+    """Held-out fraction for sources without their own validation split (``split`` wins when set)."""
+    split: list[float] | None = None
+    """``[train, val, test]`` fractions summing to 1, a seeded split (mnist: test is always t10k, so only
+    ``val / (train + val)`` of the training files is used). None: ``val_fraction`` and no test split."""
     in_memory: Literal["auto", "always", "never"] = "auto"
     """auto: decode into one tensor when the data set is under ``max_memory_mb``; else stream through workers."""
     max_memory_mb: int = Field(2048, ge=1)
     num_workers: int = Field(0, ge=0, le=1024)
     on_error: Literal["raise", "skip"] = "raise"
     """A corrupt or unreadable file: stop with its name, or skip it and count it in the log."""
+
+    # audio_folder
+    sample_rate: int | None = Field(None, ge=1)
+    """audio_folder: resample every file to this rate (Hz). Default: the files' own rate (must all agree)."""
+    segment: float = Field(1.0, gt=0.0)
+    """audio_folder: clip length in SECONDS (``round(segment * sample_rate)`` samples); a random crop for
+    training, the centre for validation/test; shorter files are zero-padded at the end."""
+    labels: Literal["none", "folder", "filename_prefix"] = "none"
+    """audio_folder: labels ``y`` from the parent folder name, or the file name up to its first ``_``/``-``."""
+
+    # table / tags / records
+    columns: list[str | int] | None = None
+    """table: the columns to keep (names, or 0-based indices); None: every column but ``id_column``."""
+    id_column: str | int | None = None
+    """table: a column to drop (an identifier)."""
+    header: bool | None = None
+    """table/tags/records CSV: whether the first row names the columns. None: sniffed."""
+    normalize: Literal["none", "standard", "minmax"] = "none"
+    """table: per-column scaling fitted on the training split only (statistics in ``data_meta.json``)."""
+    kind: Literal["auto", "binary", "count", "continuous"] = "auto"
+    """table: what the values are (``info.meta["kind"]``; binary suggests ``loss.recon=bce``). auto: detected."""
+    impute: Literal["none", "mean", "zero"] = "none"
+    """table: empty/NA/``?`` cells: an error naming row and column, the training-split column mean, or 0."""
+    column: str | None = None
+    """tags: the column holding each row's list of tags; npz tables: the array to read."""
+    delimiter: str | None = None
+    """tags: the separator of tags inside a cell that is a plain string (e.g. ``,`` or ``|``); None: cells must be
+    lists (Python literal or JSON)."""
+    min_count: int = Field(1, ge=1)
+    """tags/records: keep tags (items) present in at least this many training rows (events)."""
+    max_tags: int | None = Field(None, ge=1)
+    """tags/records: keep at most this many of the most frequent tags (items)."""
+    event_column: str | list[str] | None = None
+    """records: the column(s) naming an event (one output row). eBird default: SAMPLING EVENT IDENTIFIER."""
+    item_column: str | None = None
+    """records: the column naming an item (one output column). eBird default: SCIENTIFIC NAME."""
+    count_column: str | None = None
+    """records: the column with counts (``values: count``; ``X`` counts as 1). eBird default: OBSERVATION COUNT."""
+    values: Literal["presence", "count"] = "presence"
+    """records: 1/0 per (event, item), or the summed count."""
+    filter: dict[str, Any] | None = None
+    """records: keep rows whose column equals the value (or one of a list of values), e.g.
+    ``{"ALL SPECIES REPORTED": "1"}``. None: the eBird default (complete checklists) when that column exists."""
+    events_path: str | None = None
+    """records: a file listing every event (e.g. the eBird sampling file); events without records become rows of
+    zeros (zero-filling). ``filter`` applies to it as well where its columns exist."""
+    min_item_events: int = Field(1, ge=1)
+    """records: drop items seen in fewer training events (alias of ``min_count`` for records; the larger wins)."""
+
+    @field_validator("split")
+    @classmethod
+    def _split_fractions(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if len(v) != 3 or any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
+            raise ValueError("must be three fractions [train, val, test], each >= 0, train > 0, summing to 1")
+        return v
+
+    @model_validator(mode="after")
+    def _channels_for_source(self) -> DataConfig:
+        if self.channels is not None:
+            ok = (1, 2) if self.source == "audio_folder" else (1, 3)
+            if self.channels not in ok:
+                raise ValueError(f"data.channels: must be {ok[0]} or {ok[1]} for data.source={self.source}")
+        return self
 
 
 # ------------------------------------------------------------------------------------------- model

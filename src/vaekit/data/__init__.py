@@ -1,7 +1,9 @@
-"""Data sources and batching: `build_data(cfg, seed)` → `DataBundle(train, val, info)`; `BatchLoader` batches.
+"""Data sources and batching: `build_data(cfg, seed)` → `DataBundle(train, val, info, test)`; `BatchLoader` batches.
 
 One module per source: `shapes` (procedural dSprites-style), `mnist` (IDX files), `images` (image folders),
-`video` (procedural moving shapes; a PyAV clip reader), `tensors` (arrays from Python). See docs/design.md.
+`video` (procedural moving shapes; streamed video files and frame folders), `audio` (streamed sound files),
+`tables` (CSV/TSV/Parquet/NumPy/ARFF), `tags` (multi-hot tag lists), `records` (long-format records pivoted to
+events × items), `tensors` (arrays from Python). See docs/design.md and docs/data_sources.md.
 """
 
 from __future__ import annotations
@@ -9,11 +11,24 @@ from __future__ import annotations
 from typing import Any
 
 from vaekit.config.schema import DataConfig
-from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, FileSource, Source, split_indices
+from vaekit.data.audio import build_audio_folder
+from vaekit.data.base import (
+    ArraySource,
+    DataBundle,
+    DataError,
+    DataInfo,
+    FileSource,
+    Source,
+    split_indices,
+    split_three,
+)
 from vaekit.data.images import build_image_folder
 from vaekit.data.loader import BatchLoader
 from vaekit.data.mnist import build_mnist
+from vaekit.data.records import build_records
 from vaekit.data.shapes import build_shapes, make_shapes
+from vaekit.data.tables import build_table
+from vaekit.data.tags import build_tags
 from vaekit.data.tensors import from_arrays
 from vaekit.data.video import build_moving_shapes, build_video_folder, make_moving_shapes, read_video_clips
 
@@ -31,6 +46,7 @@ __all__ = [
     "make_shapes",
     "read_video_clips",
     "split_indices",
+    "split_three",
 ]
 
 _BUILDERS = {
@@ -39,11 +55,15 @@ _BUILDERS = {
     "image_folder": build_image_folder,
     "moving_shapes": build_moving_shapes,
     "video_folder": build_video_folder,
+    "audio_folder": build_audio_folder,
+    "table": build_table,
+    "tags": build_tags,
+    "records": build_records,
 }
 
 
 def build_data(cfg: DataConfig, seed: int, arrays: dict[str, Any] | None = None) -> DataBundle:
-    """Build the train and validation sources that ``cfg.source`` names.
+    """Build the train, validation (and, with ``data.split`` or a source's own test set, test) sources.
 
     Args:
         cfg: the ``data`` section.
@@ -52,7 +72,7 @@ def build_data(cfg: DataConfig, seed: int, arrays: dict[str, Any] | None = None)
             (``x`` required; see `from_arrays`).
 
     Raises:
-        ValueError: a setting is missing or inconsistent (the message names the key).
+        ConfigError: a setting is missing or inconsistent (the message names the key; a ValueError).
         DataError: a file is missing, corrupt or unreadable (the message names the file).
     """
     if cfg.source == "tensor":

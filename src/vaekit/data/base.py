@@ -50,9 +50,10 @@ class DataInfo:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def describe(name: str, n_train: int, n_val: int, shape: tuple[int, ...], note: str) -> str:
-    """The standard summary line: "{name}: {n_train} train / {n_val} val, {shape}, {note}"."""
-    return f"{name}: {n_train} train / {n_val} val, {tuple(shape)}, {note}"
+def describe(name: str, n_train: int, n_val: int, shape: tuple[int, ...], note: str, n_test: int = 0) -> str:
+    """The standard summary line: "{name}: {n_train} train / {n_val} val[ / {n_test} test], {shape}, {note}"."""
+    test = f" / {n_test} test" if n_test else ""
+    return f"{name}: {n_train} train / {n_val} val{test}, {tuple(shape)}, {note}"
 
 
 class ArraySource:
@@ -141,6 +142,30 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
     n_val = min(math.ceil(n * val_fraction), max(n - 1, 0))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def split_three(n: int, split: list[float] | None, val_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The seeded train/val/test split every source uses.
+
+    Args:
+        n: the number of samples.
+        split: ``data.split``, ``[train, val, test]`` fractions; None: ``val_fraction`` and no test set.
+        val_fraction: ``data.val_fraction`` (used when ``split`` is None).
+        seed: the run seed.
+
+    Returns:
+        (train_idx, val_idx, test_idx), each sorted. The validation set is ``ceil(n * val)`` samples and the
+        test set ``ceil(n * test)`` (at least one training sample is kept); with ``split=[1 - f, f, 0]`` the
+        train and validation sets are exactly those of ``split_indices(n, f, seed)``.
+    """
+    if split is None:
+        tr, va = split_indices(n, val_fraction, seed)
+        return tr, va, torch.zeros(0, dtype=torch.long)
+    n_val = min(math.ceil(n * split[1]), max(n - 1, 0))
+    n_test = min(math.ceil(n * split[2]), max(n - 1 - n_val, 0))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, test, train = perm[:n_val], perm[n_val : n_val + n_test], perm[n_val + n_test :]
+    return train.sort().values, val.sort().values, test.sort().values
 
 
 def match_channels(x: Tensor, channels: int | None) -> Tensor:

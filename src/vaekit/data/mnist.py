@@ -1,7 +1,8 @@
 """MNIST from the original IDX files (``.gz`` or uncompressed), read with gzip + numpy; no torchvision download.
 
-Train split = MNIST train (60k), validation = t10k (10k). Every file is checked (magic number, dimensions,
-length); a missing, truncated or corrupt one raises `DataError` naming the file.
+Test split = t10k (10k); validation = a seeded ``data.val_fraction`` of MNIST train (60k), the rest trains.
+Every file is checked (magic number, dimensions, length); a missing, truncated or corrupt one raises `DataError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vaekit.config.schema import DataConfig
-from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, describe, match_channels
+from vaekit.data.base import (
+    ArraySource,
+    DataBundle,
+    DataError,
+    DataInfo,
+    describe,
+    match_channels,
+    split_indices,
+)
+from vaekit.errors import ConfigError
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -58,7 +68,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def load_mnist(root: str | Path, split: str = "train") -> tuple[Tensor, Tensor]:
-    """Load one split ("train" or "val" = t10k).
+    """Load one file pair ("train", or "val" = t10k, the test set).
 
     Returns:
         x: (N, 1, 28, 28) float32 in [0, 1]; y: (N,) int64 digit labels.
@@ -85,30 +95,39 @@ def resize(x: Tensor, size: int) -> Tensor:
 
 
 def build_mnist(cfg: DataConfig, seed: int) -> DataBundle:
-    """The ``mnist`` source (``data.path`` = the directory with the IDX files); seed is unused (fixed split)."""
-    del seed
+    """The ``mnist`` source (``data.path`` = the directory with the IDX files).
+
+    Test = the official t10k files; validation = a seeded fraction of the training files: ``data.val_fraction``,
+    or with ``data.split: [train, val, test]`` the share ``val / (train + val)`` (the test fraction is not used:
+    t10k is the test set). ``data.num_samples`` keeps the first N of each file.
+    """
     if cfg.path is None:
-        raise ValueError(
+        raise ConfigError(
             "data.path: required for data.source=mnist (a directory with train-images-idx3-ubyte.gz, "
             "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)"
         )
-    sources = []
+    arrays = []
     for split in ("train", "val"):
         x, y = load_mnist(cfg.path, split)
         if cfg.num_samples is not None:
             x, y = x[: cfg.num_samples], y[: cfg.num_samples]
         if cfg.image_size is not None:
             x = resize(x, cfg.image_size)
-        sources.append(ArraySource(match_channels(x, cfg.channels), y))
-    train, val = sources
+        arrays.append((match_channels(x, cfg.channels), y))
+    (x, y), (x_test, y_test) = arrays
+    val_fraction = cfg.val_fraction if cfg.split is None else cfg.split[1] / (cfg.split[0] + cfg.split[1])
+    tr, va = split_indices(len(x), val_fraction, seed)
+    train, val, test = ArraySource(x[tr], y[tr]), ArraySource(x[va], y[va]), ArraySource(x_test, y_test)
     shape = tuple(train.x.shape[1:])
+    note = f"IDX files in {cfg.path}, test = t10k"
     info = DataInfo(
         modality="image",
         shape=shape,
         n_train=len(train),
         n_val=len(val),
+        n_test=len(test),
         value_range=(0.0, 1.0),
         factor_names=["digit"],
-        description=describe("mnist", len(train), len(val), shape, f"IDX files in {cfg.path}"),
+        description=describe("mnist", len(train), len(val), shape, note, len(test)),
     )
-    return DataBundle(train, val, info)
+    return DataBundle(train, val, info, test)

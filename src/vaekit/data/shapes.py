@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from vaekit.config.schema import DataConfig
-from vaekit.data.base import ArraySource, DataBundle, DataInfo, describe, match_channels, split_indices
+from vaekit.data.base import ArraySource, DataBundle, DataInfo, describe, match_channels, split_three
 
 FACTOR_NAMES = ["shape", "scale", "orientation", "posX", "posY"]
 SHAPE_NAMES = ["square", "ellipse", "heart"]
@@ -121,22 +121,25 @@ def make_shapes(n: int, size: int = 64, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 
 def build_shapes(cfg: DataConfig, seed: int) -> DataBundle:
-    """The ``shapes`` source: ``data.num_samples`` sprites (default 20000) split by ``data.val_fraction``."""
+    """The ``shapes`` source: ``data.num_samples`` sprites (default 20000) split by ``data.split`` (or
+    ``data.val_fraction``)."""
     n = cfg.num_samples or DEFAULT_N
     size = cfg.image_size or 64
     f = sample_factors(n, seed)
-    tr, va = split_indices(n, cfg.val_fraction, seed)
+    tr, va, te = split_three(n, cfg.split, cfg.val_fraction, seed)
     # render each split directly (same samples as make_shapes(n)[idx], without copying 20k images)
-    x_tr, x_va = (match_channels(render_factors(f[i.numpy()], size), cfg.channels) for i in (tr, va))
+    x_tr, x_va, x_te = (match_channels(render_factors(f[i.numpy()], size), cfg.channels) for i in (tr, va, te))
     shape = tuple(x_tr.shape[1:])
     info = DataInfo(
         modality="image",
         shape=shape,
         n_train=len(tr),
         n_val=len(va),
+        n_test=len(te),
         value_range=(0.0, 1.0),
         factor_names=list(FACTOR_NAMES),
-        description=describe("shapes", len(tr), len(va), shape, "procedural dSprites-style"),
+        description=describe("shapes", len(tr), len(va), shape, "procedural dSprites-style", len(te)),
     )
     ft = torch.from_numpy(f)
-    return DataBundle(ArraySource(x_tr, ft[tr]), ArraySource(x_va, ft[va]), info)
+    test = ArraySource(x_te, ft[te]) if len(te) else None
+    return DataBundle(ArraySource(x_tr, ft[tr]), ArraySource(x_va, ft[va]), info, test)

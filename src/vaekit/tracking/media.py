@@ -1,11 +1,25 @@
-"""Pictures of what the model does: input-vs-reconstruction grids and prior samples, for every modality."""
+"""Pictures and media of what the model does, for every modality and any sample shape.
+
+Grids: `recon_grid` (inputs beside their reconstructions) and `sample_grid` (prior samples) turn images, video
+(one row of frames per clip, any frame count), audio (a waveform strip per clip, any length) and tables (each
+row a near-square block of cells, any width D) into one ``(3, H, W)`` image in [0, 1].
+
+Files: `write_wav` (16-bit PCM), `write_mp4` (H.264 through PyAV, MPEG-4 Part 2 when no H.264 encoder is built
+in) and `spectrogram_image` (a log-magnitude STFT as a coloured ``(3, H, W)`` image) for audio and video samples.
+"""
 
 from __future__ import annotations
 
+import math
+import wave as wave_module
+from pathlib import Path
+
+import numpy as np
 import torch
 from torchvision.utils import make_grid
 
 
+# ---------------------------------------------------------------------------------------------- grids
 def _to_image_batch(x: torch.Tensor, modality: str, max_frames: int = 8) -> tuple[torch.Tensor, int]:
     """Any batch as images (N, C, H, W) in [0, 1], and how many images make one row of the grid."""
     x = x.detach().float().cpu()
@@ -14,24 +28,31 @@ def _to_image_batch(x: torch.Tensor, modality: str, max_frames: int = 8) -> tupl
         idx = torch.linspace(0, t - 1, min(t, max_frames)).round().long()
         frames = x[:, :, idx].permute(0, 2, 1, 3, 4)  # (B, T', C, H, W)
         return frames.reshape(-1, *frames.shape[2:]).clamp(0, 1), len(idx)
-    if modality == "audio":  # (B, C, L) → waveform as a 2-row strip image
+    if modality == "audio":  # (B, C, L) → waveform as a strip image
         return _waveform_images(x), 1
-    if modality == "tabular":  # (B, D) → each row a strip of cells
-        d = x.shape[1]
-        side = int(d**0.5) or 1
-        pad = side * side - d if side * side >= d else (side + 1) * side - d
-        flat = torch.nn.functional.pad(x, (0, max(pad, 0)))
-        h = flat.shape[1] // side
-        lo, hi = flat.min(), flat.max()
-        return ((flat - lo) / (hi - lo + 1e-8)).reshape(-1, 1, h, side), 1
+    if modality == "tabular":  # (B, D) → each row a near-square block of cells
+        return _table_images(x.reshape(x.shape[0], -1)), 1
     return x.clamp(0, 1), 1
 
 
+def _table_images(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) → (B, 1, h, w) with w = ceil(√D), h = ceil(D / w); padding cells are 0, values scaled to [0, 1]."""
+    b, d = x.shape
+    w = max(1, math.ceil(math.sqrt(d)))
+    h = max(1, math.ceil(d / w))
+    flat = torch.nn.functional.pad(x, (0, h * w - d))
+    lo, hi = x.min() if x.numel() else 0.0, x.max() if x.numel() else 1.0
+    flat = (flat - lo) / (hi - lo + 1e-8)
+    if h * w > d:
+        flat[:, d:] = 0.0
+    return flat.reshape(b, 1, h, w).clamp(0, 1)
+
+
 def _waveform_images(x: torch.Tensor, height: int = 48, width: int = 256) -> torch.Tensor:
-    """(B, C, L) in [-1, 1] → (B, 1, height, width) images with the waveform drawn as columns."""
+    """(B, C, L) in [-1, 1] → (B, 1, height, width) images with the waveform drawn as columns (any L ≥ 1)."""
     b = x.shape[0]
     wave = x.mean(1)  # (B, L)
-    idx = torch.linspace(0, wave.shape[1] - 1, width).long()
+    idx = torch.linspace(0, wave.shape[1] - 1, width).round().long()
     wave = wave[:, idx].clamp(-1, 1)
     rows = torch.linspace(1, -1, height).view(1, height, 1)
     img = (rows.abs() <= wave.abs().unsqueeze(1)) & (rows.sign() == wave.sign().unsqueeze(1))
@@ -52,6 +73,88 @@ def recon_grid(x: torch.Tensor, recon: torch.Tensor, modality: str) -> torch.Ten
 
 
 def sample_grid(samples: torch.Tensor, modality: str) -> torch.Tensor:
+    """A grid (3, H, W) of prior samples (one row of frames per clip for video)."""
     imgs, per_row = _to_image_batch(samples, modality)
     nrow = per_row if per_row > 1 else max(1, int(imgs.shape[0] ** 0.5))
     return make_grid(imgs, nrow=nrow, pad_value=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def write_wav(path: str | Path, wave: torch.Tensor, sample_rate: int) -> Path:
+    """Write ``wave (C, L)`` (or ``(L,)``) in [-1, 1] as a 16-bit PCM WAV file; values outside are clipped.
+
+    Returns:
+        The path written.
+    """
+    w = wave.detach().float().cpu()
+    w = w.unsqueeze(0) if w.ndim == 1 else w  # (C, L)
+    pcm = (w.clamp(-1, 1).numpy().T * 32767.0).round().astype("<i2")  # (L, C) interleaved
+    path = Path(path)
+    with wave_module.open(str(path), "wb") as f:
+        f.setnchannels(w.shape[0])
+        f.setsampwidth(2)
+        f.setframerate(int(sample_rate))
+        f.writeframes(np.ascontiguousarray(pcm).tobytes())
+    return path
+
+
+def write_mp4(path: str | Path, clip: torch.Tensor, fps: float = 8.0) -> Path:
+    """Write ``clip (C, T, H, W)`` in [0, 1] (C = 1 or 3) as an MP4 video with PyAV.
+
+    H.264 (yuv420p) when the encoder is available, else MPEG-4 Part 2. Odd heights/widths are padded by one
+    edge row/column (4:2:0 needs even sizes).
+
+    Returns:
+        The path written.
+    """
+    import av
+
+    c = clip.detach().float().cpu().clamp(0, 1)
+    if c.shape[0] == 1:
+        c = c.expand(3, *c.shape[1:])
+    frames = (c.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()  # (T, H, W, 3)
+    _, h, w, _ = frames.shape
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    rate = max(1, round(fps))
+    path = Path(path)
+    with av.open(str(path), "w", format="mp4") as container:
+        try:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.options = {"crf": "18"}
+        except (av.FFmpegError, ValueError):  # no H.264 encoder in this FFmpeg build
+            stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w + pw, h + ph, "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def spectrogram_image(wave: torch.Tensor, sample_rate: int, height: int | None = None) -> torch.Tensor:
+    """A log-magnitude spectrogram of ``wave (C, L)`` or ``(L,)`` (channels averaged) as an image.
+
+    The FFT size is 1/32 of a second of samples rounded to a power of two (at least 16), the hop a quarter of
+    it; clips shorter than one FFT are zero-padded. Low frequencies at the bottom; 80 dB of dynamic range mapped
+    through the magma colour map.
+
+    Returns:
+        (3, n_fft/2 + 1, frames) float32 in [0, 1] (resized to ``height`` rows when given).
+    """
+    from matplotlib import colormaps
+
+    w = wave.detach().float().cpu()
+    w = w.mean(0) if w.ndim == 2 else w  # (L,)
+    n_fft = max(16, 2 ** round(math.log2(max(sample_rate / 32, 1))))
+    hop = n_fft // 4
+    if w.numel() < n_fft:
+        w = torch.nn.functional.pad(w, (0, n_fft - w.numel()))
+    spec = torch.stft(w, n_fft, hop, window=torch.hann_window(n_fft), center=False, return_complex=True).abs()
+    db = 20 * torch.log10(spec + 1e-8)  # (F, frames)
+    db = (db - db.max() + 80.0).clamp(min=0) / 80.0
+    img = db.flip(0)
+    if height is not None and height != img.shape[0]:
+        img = torch.nn.functional.interpolate(img[None, None], size=(height, img.shape[1]), mode="bilinear")[0, 0]
+    rgb = colormaps["magma"](img.clamp(0, 1).numpy())[..., :3]  # (H, W, 3)
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().contiguous()
