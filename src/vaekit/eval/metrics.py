@@ -308,20 +308,25 @@ def inception_weights_path(weights_path: str | Path | None = None) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
 
 
-def build_fid(feature: nn.Module | None = None, weights_path: str | Path | None = None) -> nn.Module:
+def build_fid(
+    feature: nn.Module | None = None, weights_path: str | Path | None = None, reset_real_features: bool = True
+) -> nn.Module:
     """A torchmetrics ``FrechetInceptionDistance`` taking float images in [0, 1], any of 1 or 3 channels.
 
     Args:
         feature: a feature extractor ``(N, 3, H, W) float [0, 1] -> (N, F)`` replacing InceptionV3 (tests use a
             small random one: the score is then not comparable with published FIDs).
         weights_path: InceptionV3 weights (default: the torch hub cache); never downloaded.
+        reset_real_features: False keeps the real images' statistics across ``reset()`` (one real set, two fakes).
     """
     import importlib.util
 
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if feature is not None:
-        metric = FrechetInceptionDistance(feature=feature, normalize=True)
+        metric = FrechetInceptionDistance(
+            feature=feature, normalize=True, reset_real_features=reset_real_features
+        )
     else:
         if importlib.util.find_spec("torch_fidelity") is None:
             raise MissingWeightsError("fid needs torch-fidelity for InceptionV3: pip install 'vaekit[fid]'")
@@ -332,7 +337,10 @@ def build_fid(feature: nn.Module | None = None, weights_path: str | Path | None 
                 f"them. Fetch {INCEPTION_URL} into {path.parent} (the torch hub cache) or pass fid_weights=<file>"
             )
         metric = FrechetInceptionDistance(
-            feature=2048, normalize=True, feature_extractor_weights_path=str(path)
+            feature=2048,
+            normalize=True,
+            feature_extractor_weights_path=str(path),
+            reset_real_features=reset_real_features,
         )
     return metric
 
