@@ -21,6 +21,8 @@ _LAZY = {
     "count_parameters": "vaekit.models",
     "model_summary": "vaekit.models",
     "build_model": "vaekit.models",
+    "evaluate": "vaekit.eval.evaluate",
+    "compare": "vaekit.eval.evaluate",
 }
 
 __all__ = ["__version__", *_LAZY]

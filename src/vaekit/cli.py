@@ -48,7 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
     p_val.add_argument("--no-data", action="store_true", help="do not read the data (no sizes, no parameter count)")
 
     sub.add_parser("presets", help="list the named presets")
+
+    p_eval = sub.add_parser("eval", help="evaluate a run: metrics JSON, a table and figures under RUN_DIR/eval/")
+    p_eval.add_argument("run_dir", metavar="RUN_DIR")
+    p_eval.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="data overrides, e.g. data.num_samples=500"
+    )
+    p_eval.add_argument("--split", default="val", choices=["val", "test", "train"])
+    p_eval.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory (checkpoints/step_XXXXXXXX)")
+    p_eval.add_argument("--ema", action="store_true", help="with --checkpoint: its ema.safetensors")
+    _eval_options(p_eval)
+
+    p_cmp = sub.add_parser("compare", help="evaluate several runs on the same batches: compare.json/.md/.png")
+    p_cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run directories or model.safetensors")
+    p_cmp.add_argument("--data", nargs="+", metavar="CONFIG_OR_OVERRIDES", help="a YAML config or data overrides")
+    p_cmp.add_argument("--out", metavar="DIR", help="output directory (default: ./compare-YYYYmmdd-HHMMSS)")
+    p_cmp.add_argument("--split", default="val", choices=["val", "test", "train"])
+    _eval_options(p_cmp)
     return parser
+
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batches", type=int, metavar="N", help="only the first N batches (default: the whole split)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--k", type=int, default=64, help="importance samples per input for the IWAE bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metrics", help="comma-separated metric names (default: those that fit the data)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +112,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, text in list_presets().items():
             print(f"{name:15s} {text}")
         return 0
+
+    if args.command in ("eval", "compare"):
+        return _eval_command(args) if args.command == "eval" else _compare_command(args)
 
     config, overrides = _split_args(args.args)
     if args.command == "validate":
@@ -125,6 +154,61 @@ def _check_weights(cfg) -> None:  # noqa: ANN001
 
     for stage in resolve_stages(cfg):
         check_perceptual_weights(stage.cfg.loss.perceptual)
+
+
+def _eval_kwargs(args: argparse.Namespace) -> dict:
+    from vaekit.utils import get_device
+
+    return {
+        "split": args.split,
+        "batches": args.batches,
+        "batch_size": args.batch_size,
+        "k": args.k,
+        "seed": args.seed,
+        "metrics": args.metrics.split(",") if args.metrics else None,
+        "device": args.device or get_device(),
+    }
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    """``vaekit eval``: writes RUN_DIR/eval/<split>-<step>.json and figures beside it; nothing else in the run."""
+    import json
+
+    from vaekit.errors import ConfigError
+    from vaekit.eval.evaluate import evaluate, load_for_eval, markdown_table
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
+    if args.ema and not args.checkpoint:
+        raise ConfigError("--ema needs --checkpoint (the exported model.safetensors already holds the EMA weights)")
+    loaded = load_for_eval(run_dir, args.checkpoint, args.ema)
+    tag = f"{args.split}-{loaded.step if loaded.step is not None else 'final'}" + ("-ema" if args.ema else "")
+    out = run_dir / "eval"
+    result = evaluate(loaded, args.overrides or None, out_dir=out / tag, **_eval_kwargs(args))
+    path = out / f"{tag}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(markdown_table({loaded.name: result}))
+    for name, reason in result["skipped"].items():
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _compare_command(args: argparse.Namespace) -> int:
+    """``vaekit compare``: compare.json, compare.md and compare.png in --out."""
+    import time
+
+    from vaekit.eval.evaluate import compare, markdown_table
+
+    data = args.data
+    if data and len(data) == 1 and "=" not in data[0]:
+        data = data[0]  # a YAML config
+    out = Path(args.out or f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = compare(args.runs, data, out_dir=out, **_eval_kwargs(args))
+    print(markdown_table(result["results"]))
+    print(out)
+    return 0
 
 
 def _is_main() -> bool:
