@@ -113,7 +113,7 @@ def test_dumped_config_loads_back_equal(tmp_path: Path) -> None:
         ("data.num_samples=0", "data.num_samples"),
         ("data.num_workers=-1", "data.num_workers"),
         ("data.max_memory_mb=0", "data.max_memory_mb"),
-        ("data.channels=2", "data.channels"),
+        ("data.channels=4", "data.channels"),
         ("model.latent_dim=10000000", "model.latent_dim"),
         ("model.hidden_dims=[32,70000]", "model.hidden_dims"),
         ("train.batch_size=2000000", "train.batch_size"),

@@ -111,11 +111,13 @@ def mnist_dir(tmp_path: Path) -> Path:
 
 def test_mnist_reads_idx_gz_files(mnist_dir: Path) -> None:
     b = build_data(DataConfig(source="mnist", path=str(mnist_dir)), seed=0)
-    raw = read_idx(mnist_dir / "train-images-idx3-ubyte.gz", 3)
-    assert b.train.x.shape == (12, 1, 28, 28) and b.val.x.shape == (5, 1, 28, 28)
-    assert torch.allclose(b.train.x[:, 0], torch.from_numpy(raw.astype(np.float32)) / 255)
-    assert b.train.y.dtype == torch.int64 and b.train.y.tolist() == [i % 10 for i in range(12)]
-    assert (b.info.n_train, b.info.n_val, b.info.factor_names) == (12, 5, ["digit"])
+    raw = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz", 3)
+    # the official t10k files are the test split; a seeded val_fraction of train is the validation split
+    assert b.train.x.shape == (10, 1, 28, 28) and b.val.x.shape == (2, 1, 28, 28) and b.test.x.shape == (5, 1, 28, 28)
+    assert torch.allclose(b.test.x[:, 0], torch.from_numpy(raw.astype(np.float32)) / 255)
+    labels = sorted(b.train.y.tolist() + b.val.y.tolist())
+    assert b.train.y.dtype == torch.int64 and labels == sorted(i % 10 for i in range(12))
+    assert (b.info.n_train, b.info.n_val, b.info.n_test, b.info.factor_names) == (10, 2, 5, ["digit"])
 
 
 def test_mnist_accepts_uncompressed_files_and_resizes(mnist_dir: Path) -> None:
@@ -123,7 +125,7 @@ def test_mnist_accepts_uncompressed_files_and_resizes(mnist_dir: Path) -> None:
         p.with_suffix("").write_bytes(gzip.decompress(p.read_bytes()))
         p.unlink()
     b = build_data(DataConfig(source="mnist", path=str(mnist_dir), image_size=16, num_samples=4), seed=0)
-    assert b.train.x.shape == (4, 1, 16, 16) and b.val.x.shape == (4, 1, 16, 16)
+    assert b.train.x.shape == (3, 1, 16, 16) and b.val.x.shape == (1, 1, 16, 16) and b.test.x.shape == (4, 1, 16, 16)
     assert 0.0 <= float(b.train.x.min()) and float(b.train.x.max()) <= 1.0
 
 

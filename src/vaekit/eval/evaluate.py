@@ -144,7 +144,7 @@ def load_for_eval(
             if not callable(getattr(model_or_run, method, None)):
                 raise ModelProtocolError(f"evaluate: {type(model_or_run).__name__} has no {method}() method")
         return Loaded(model_or_run.eval(), type(model_or_run).__name__, type(model_or_run).__name__)
-    from vaekit.engine.api import load_model
+    from vaekit.api import load_model
 
     path = Path(model_or_run)
     run_dir: Path | None = None

@@ -90,7 +90,8 @@ def check_stages(stages: list[Stage], produced: dict[str, set[str]] | None = Non
             raise ConfigError(f"{where}: {sorted(both)} is both frozen and unfrozen; list it in one of freeze/unfreeze")
         for key in ("freeze", "unfreeze"):
             for group in getattr(spec, key):
-                if group.split(".")[0] not in GROUPS:
+                # a user model's paths are checked against the module itself when the run starts
+                if group.split(".")[0] not in GROUPS and st.cfg.model.arch != "custom":
                     raise ConfigError(
                         f"{where}.{key}: unknown group {group!r}; use one of {', '.join(GROUPS)} "
                         "or a submodule path inside them (e.g. decoder.head)"
