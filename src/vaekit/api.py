@@ -62,6 +62,7 @@ def train(
     y: Any = None,
     val_x: Any = None,
     overrides: list[str] | None = None,
+    hooks: list[Any] | None = None,
     **kwargs: Any,
 ) -> TrainResult:
     """Train a VAE from a config (YAML path, dict or ``VaekitConfig``) and return its history and files.
@@ -77,6 +78,8 @@ def train(
             data again when the run was trained on Python objects).
         x, y, val_x: arrays/tensors to train on (``x`` with labels ``y``); shapes as in the README.
         overrides: dotted overrides, as on the command line (``["optim.lr=1e-4"]``).
+        hooks: callables ``hook(event, state)`` called at "epoch_start", "epoch_end" and "stage_end" (observers
+            only, e.g. timers; ``state`` is the live ``TrainState``: step, epoch, stage).
         **kwargs: section overrides, e.g. ``train={"epochs": 2}`` or ``train__epochs=2``.
     """
     from vaekit.pipeline.run import Pipeline
@@ -112,7 +115,7 @@ def train(
             )
         if cfg.model.arch == "custom" and model is None:
             raise ConfigError("model.arch=custom: pass the module itself: vaekit.train(..., model=my_module)")
-    outcome = Pipeline(cfg, model, data, run_dir=run_dir, resume=run_dir is not None).run()
+    outcome = Pipeline(cfg, model, data, run_dir=run_dir, resume=run_dir is not None, hooks=hooks).run()
     trainer = outcome.trainer
     from vaekit.engine.checkpoint import latest_checkpoint
     from vaekit.models.adapter import export_module
@@ -128,7 +131,7 @@ def train(
         checkpoint=latest_checkpoint(outcome.run_dir / "checkpoints"),
         model_path=outcome.run_dir / "model.safetensors",
         model=trained if model is None else export_module(trained),
-        config=cfg,
+        config=outcome.config,
         summary=outcome.summary,
     )
 

@@ -119,7 +119,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     config, overrides = _split_args(args.args)
     if args.command == "validate":
         from vaekit.config.load import load_config
-        from vaekit.config.summary import summarize
+        from vaekit.pipeline.summary import summarize
 
         cfg = load_config(config, overrides, preset=args.preset)
         _check_weights(cfg)

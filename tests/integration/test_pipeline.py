@@ -187,7 +187,7 @@ def test_video_curriculum_cpu_example_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["video_curriculum.yaml", "video_curriculum_cpu.yaml", "vae_to_vaegan.yaml"])
 def test_examples_validate(name: str) -> None:
     from vaekit.config.load import load_config
-    from vaekit.config.summary import summarize
+    from vaekit.pipeline.summary import summarize
 
     cfg = load_config(EXAMPLES / name)
     text = summarize(cfg, build=False)

@@ -15,10 +15,11 @@ in ``model.hidden_dims`` would otherwise allocate until the machine swaps)."""
 def check_config(cfg: VaekitConfig) -> None:
     """Stages, transitions and freezing rules, then optimizer/scheduler arguments and the model's size (before
     any data is read)."""
-    from vaekit.pipeline.stages import check_stages, produced_metrics, resolve_stages
+    from vaekit.config.stages import check_stages, resolve_stages
+    from vaekit.objectives.terms import produced_metrics  # torch-free: the objectives' own term list
 
     stages = resolve_stages(cfg)
-    check_stages(stages, {st.name: produced_metrics(st.cfg) for st in stages})
+    check_stages(stages, {st.name: produced_metrics(st.cfg.loss) for st in stages}, model_recon=cfg.loss.recon)
     for st in stages:
         prefix = f"stages.{st.index}." if cfg.stages else ""
         _check_optim(st.cfg, prefix)

@@ -70,6 +70,7 @@ class Blocks:
         return reason
 
     def _end(self, plan: Any, reason: str) -> None:
+        self.emit("stage_end")
         message = plan.clock.end_message(reason, self.state.step)
         if message:
             self.console.write(message)
@@ -121,4 +122,7 @@ class Blocks:
         return self.elapsed_before + time.time() - self.started
 
     def eval_model(self) -> Any:
+        raise NotImplementedError
+
+    def emit(self, event: str) -> None:
         raise NotImplementedError

@@ -62,6 +62,13 @@ class Trainer(Blocks):
         self.stop = StopSignal(runtime)
         self.started = time.time()
         self.skip_policy = cfg.train.nan_policy == "skip" and runtime.scaler is None
+        self.hooks: list[Any] = []
+        """Observers called as ``hook(event, state)`` at "epoch_start", "epoch_end" (its last step done) and
+        "stage_end" (before the stage's final validation); e.g. a benchmark's timer. They must not train."""
+
+    def emit(self, event: str) -> None:
+        for hook in self.hooks:
+            hook(event, self.state)
 
     # ----------------------------------------------------------------------------------------- fit
     def fit(self, plan: Plan, resuming: bool) -> None:
@@ -73,6 +80,7 @@ class Trainer(Blocks):
         with self.stop:
             while reason is None:
                 plan.train_loader.set_epoch(st.epoch)
+                self.emit("epoch_start")
                 micro, n = [], len(plan.train_loader)
                 for batch in plan.train_loader.iter_from(st.batch_in_epoch):
                     micro.append(batch)
@@ -87,6 +95,7 @@ class Trainer(Blocks):
                     if reason is not None:
                         break
                 if reason is None:  # the epoch ended
+                    self.emit("epoch_end")
                     self.metrics.epoch_record(st)
                     if self.validator.due(plan, st, epoch_end=True):
                         self.validate(plan)

@@ -18,7 +18,7 @@ from torch import nn
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.state import Meter, TrainState
 from vaekit.objectives import kl_per_element, likelihood_mean
-from vaekit.tracking.media import recon_grid, sample_grid
+from vaekit.tracking.media import recon_grid, sample_grid, spectrogram_image, write_mp4, write_wav
 
 
 def _num_samples(loader: Any) -> int:
@@ -120,3 +120,16 @@ class Validator:
         for kind_name, img in (("recon", recon_grid(x, recon, modality)), ("prior", sample_grid(prior, modality))):
             save_image(img, folder / f"{stem}-{kind_name}.png")
             tracker.image(f"samples/{kind_name}", img, state.step)
+        meta = plan.data.info.meta
+        if modality == "audio":  # listen, don't just look: inputs and reconstructions as .wav, spectrograms
+            rate = int(meta.get("sample_rate") or 16000)
+            for i in range(min(4, n)):
+                for name, wave in (("input", x[i]), ("recon", recon[i].clamp(-1, 1)), ("prior", prior[i].clamp(-1, 1))):
+                    write_wav(folder / f"{stem}-{name}{i}.wav", wave, rate)
+                    if hasattr(tracker, "audio"):
+                        tracker.audio(f"samples/{name}{i}", wave, state.step, rate)
+            save_image(torch.cat([spectrogram_image(x[0], rate), spectrogram_image(recon[0], rate)], 1),
+                       folder / f"{stem}-spectrogram.png")
+        elif modality == "video":  # input above reconstruction, as a playable clip
+            pair = torch.cat([x[0].float().cpu(), recon[0].clamp(0, 1).cpu()], dim=-2)  # (C, T, 2H, W)
+            write_mp4(folder / f"{stem}-recon.mp4", pair, float(meta.get("fps") or 8.0))

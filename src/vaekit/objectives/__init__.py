@@ -1,46 +1,45 @@
 """Objectives: reconstruction likelihoods, KL (+ schedules, free bits), denoising corruption, perceptual,
 spectral and adversarial losses as plain tested functions, combined by ``VAEObjective`` and
-``DiscriminatorObjective``."""
+``DiscriminatorObjective``. ``terms`` declares which terms each produces (torch-free).
 
-from vaekit.objectives.adversarial import (
-    adaptive_weight,
-    d_hinge_loss,
-    d_nonsaturating_loss,
-    feature_matching_loss,
-    g_hinge_loss,
-    g_nonsaturating_loss,
-    r1_penalty,
-)
-from vaekit.objectives.denoise import corrupt
-from vaekit.objectives.kl import active_units, kl_loss, kl_per_element, kl_stats
-from vaekit.objectives.objective import DiscriminatorObjective, VAEObjective
-from vaekit.objectives.perceptual import MissingWeightsError, PerceptualLoss, check_perceptual_weights
-from vaekit.objectives.reconstruction import likelihood_mean, mse_per_element, reconstruction_nll
-from vaekit.objectives.schedules import capacity, kl_weight
-from vaekit.objectives.spectral import multi_resolution_stft_loss
+Names are imported on first use, so ``vaekit.objectives.terms`` stays importable without torch.
+"""
 
-__all__ = [
-    "DiscriminatorObjective",
-    "MissingWeightsError",
-    "PerceptualLoss",
-    "VAEObjective",
-    "active_units",
-    "adaptive_weight",
-    "capacity",
-    "check_perceptual_weights",
-    "corrupt",
-    "d_hinge_loss",
-    "d_nonsaturating_loss",
-    "feature_matching_loss",
-    "g_hinge_loss",
-    "g_nonsaturating_loss",
-    "kl_loss",
-    "kl_per_element",
-    "kl_stats",
-    "kl_weight",
-    "likelihood_mean",
-    "mse_per_element",
-    "multi_resolution_stft_loss",
-    "r1_penalty",
-    "reconstruction_nll",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "adaptive_weight": "adversarial",
+    "d_hinge_loss": "adversarial",
+    "d_nonsaturating_loss": "adversarial",
+    "feature_matching_loss": "adversarial",
+    "g_hinge_loss": "adversarial",
+    "g_nonsaturating_loss": "adversarial",
+    "r1_penalty": "adversarial",
+    "corrupt": "denoise",
+    "active_units": "kl",
+    "kl_loss": "kl",
+    "kl_per_element": "kl",
+    "kl_stats": "kl",
+    "DiscriminatorObjective": "objective",
+    "VAEObjective": "objective",
+    "MissingWeightsError": "perceptual",
+    "PerceptualLoss": "perceptual",
+    "check_perceptual_weights": "perceptual",
+    "likelihood_mean": "reconstruction",
+    "mse_per_element": "reconstruction",
+    "reconstruction_nll": "reconstruction",
+    "capacity": "schedules",
+    "kl_weight": "schedules",
+    "multi_resolution_stft_loss": "spectral",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vaekit.objectives.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'vaekit.objectives' has no attribute {name!r}")

@@ -27,6 +27,7 @@ from vaekit.objectives.perceptual import PerceptualLoss
 from vaekit.objectives.reconstruction import likelihood_mean, mse_per_element, reconstruction_loss
 from vaekit.objectives.schedules import capacity, kl_weight
 from vaekit.objectives.spectral import multi_resolution_stft_loss
+from vaekit.objectives.terms import vae_terms
 
 
 class VAEOutputLike(Protocol):
@@ -56,6 +57,8 @@ class VAEObjective(nn.Module):
     def __init__(self, cfg: LossConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.terms = vae_terms(cfg)
+        """The terms this objective reports (with the adversarial ones when a discriminator is active)."""
         use_perceptual = cfg.perceptual.kind != "none" and cfg.perceptual.weight > 0
         self.perceptual = PerceptualLoss(cfg.perceptual) if use_perceptual else None
 

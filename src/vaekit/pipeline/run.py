@@ -16,7 +16,7 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 
-from vaekit.config.load import dump_config
+from vaekit.config.load import dump_config, load_config
 from vaekit.config.schema import VaekitConfig
 from vaekit.data import ArraySource, BatchLoader, DataBundle, build_data
 from vaekit.data.user import LoaderBatches, LoaderSource, from_python
@@ -40,6 +40,7 @@ from vaekit.utils import set_seed
 @dataclass
 class Outcome:
     run_dir: Path
+    config: VaekitConfig
     trainer: Trainer
     records: list[dict[str, Any]]
     summary: dict[str, Any]
@@ -57,7 +58,7 @@ class Pipeline:
     """
 
     def __init__(self, cfg: VaekitConfig, model: nn.Module | None = None, data: dict[str, Any] | None = None,
-                 run_dir: Path | None = None, resume: bool = False) -> None:
+                 run_dir: Path | None = None, resume: bool = False, hooks: list[Any] | None = None) -> None:
         self.cfg, self.python_data, self.resume = cfg, data, resume
         self.stages = resolve_stages(cfg)
         self.rt = rt = Runtime(cfg.train.precision, cfg.train.deterministic, cfg.train.timeout_s)
@@ -65,6 +66,7 @@ class Pipeline:
         # model and discriminator: built once from the first stage's data, seeded, identical on every rank
         set_seed(cfg.run.seed, deterministic=cfg.train.deterministic)
         self.info = self.data_for(self.stages[0]).info
+        self.cfg = cfg = self._likelihood_from_data(cfg)
         try:  # a model that cannot take this data names the keys to change
             vae = as_vae(model, cfg.loss.recon) if model is not None else build_model(cfg.model, self.info.shape, cfg.loss.recon)
             vae.latent_shape_for(tuple(self.info.shape))
@@ -82,6 +84,7 @@ class Pipeline:
                                     gather_object, cfg.train.keep_last)
         self.trainer = Trainer(cfg, rt, self.model, self.disc, self.ema, manager, None,
                                Console(rt.is_main, cfg.log.progress), self.run_dir)
+        self.trainer.hooks = list(hooks or [])
         self._register(manager)
         self.loaded = None
         if resume:
@@ -89,6 +92,18 @@ class Pipeline:
             if self.loaded is not None:
                 self.trainer.state.load_state_dict(self.loaded)
                 self.trainer.elapsed_before = self.trainer.state.elapsed
+
+    def _likelihood_from_data(self, cfg: VaekitConfig) -> VaekitConfig:
+        """A table/tags/records source says which likelihood its values need (``info.meta["likelihood"]``:
+        bce for binary data, gaussian otherwise); it becomes ``loss.recon`` unless the config set it."""
+        want = self.info.meta.get("likelihood")
+        if not want or want == cfg.loss.recon or "recon" in cfg.loss.model_fields_set or self.resume:
+            return cfg
+        tree = cfg.model_dump(mode="json")
+        tree["loss"]["recon"] = want
+        cfg = load_config(tree)
+        self.stages = resolve_stages(cfg)
+        return cfg
 
     def _register(self, m: CheckpointManager) -> None:
         t = self.trainer
@@ -303,19 +318,23 @@ class Pipeline:
             for stage in self.stages[t.state.stage_index:]:
                 resuming = loaded and t.state.stage_index == stage.index
                 loaded = False
+                plan = self.plan(stage, resuming) if resuming or not t.state.stage_done else None
                 if resuming and t.state.stage_done:
-                    # the next stage is built as right after an uninterrupted stage end: RNG now, no optimizers
-                    t.ckpt.register("local", "rng", RNGState())
-                    t.ckpt.pending.clear()
-                    continue
-                t.fit(self.plan(stage, resuming), resuming)
+                    limit = plan.clock.limit_steps()
+                    if limit is None or limit <= t.state.stage_step:
+                        # the next stage is built as right after an uninterrupted stage end: RNG now, no optimizers
+                        t.ckpt.register("local", "rng", RNGState())
+                        t.ckpt.pending.clear()
+                        continue
+                    t.state.stage_done = False  # resumed with a longer length (train.max_steps=...): go on
+                t.fit(plan or self.plan(stage, resuming), resuming)
             summary = self._finish()
         finally:
             t.console.close()
             t.tracker.close()
             if self.lock is not None:
                 self.lock.release()
-        return Outcome(self.run_dir, t, list(t.tracker.records), summary)
+        return Outcome(self.run_dir, self.cfg, t, list(t.tracker.records), summary)
 
     def _finish(self) -> dict[str, Any]:
         """Evaluate the test split, export weights (EMA when enabled), write summary.json and curves.png."""

@@ -117,6 +117,11 @@ class Tracker:
 
             self._wandb.log({tag: wandb.Image(img.permute(1, 2, 0).numpy())}, step=step)
 
+    def audio(self, tag: str, wave: torch.Tensor, step: int, sample_rate: int) -> None:
+        """A waveform (C, L) in [-1, 1] to TensorBoard (first channel)."""
+        if self.enabled and self._tb is not None:
+            self._tb.add_audio(tag, wave.detach().float().cpu()[:1].clamp(-1, 1), step, sample_rate=sample_rate)
+
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()

@@ -1,0 +1,40 @@
+"""The loss terms each objective produces: one declaration, torch-free, read by the objectives themselves, by
+stage transitions (which metric names exist) and by the ``vaekit validate`` summary."""
+
+from __future__ import annotations
+
+from vaekit.config.schema import LossConfig
+
+VAL_EXTRA = ("active_units", "kl_dim_mean", "kl_dim_max")
+"""Computed by validation from the posterior (not loss terms)."""
+
+
+def vae_terms(loss: LossConfig) -> set[str]:
+    """The terms ``VAEObjective`` logs (train and val) for this loss config."""
+    terms = {"loss", "recon", "kl", "mse", "kl_weight"}
+    if loss.perceptual.kind != "none":
+        terms.add("perceptual")
+    if loss.spectral.weight > 0:
+        terms.add("spectral")
+    if loss.kl.schedule == "capacity":
+        terms.add("capacity")
+    return terms
+
+
+def adversarial_terms(loss: LossConfig) -> set[str]:
+    """Train-only terms of the adversarial game: the generator's and ``DiscriminatorObjective``'s."""
+    if loss.adversarial.weight <= 0:
+        return set()
+    terms = {"g_adv", "adv_weight", "d_loss", "d_real", "d_fake", "d_acc"}
+    if loss.adversarial.r1_weight > 0:
+        terms.add("r1")
+    if loss.adversarial.feature_matching > 0:
+        terms.add("feature_matching")
+    return terms
+
+
+def produced_metrics(loss: LossConfig) -> set[str]:
+    """Every metric name (``train/…``, ``val/…``) a stage with this loss config logs."""
+    terms = vae_terms(loss)
+    train = {f"train/{t}" for t in terms | adversarial_terms(loss)}
+    return train | {f"val/{t}" for t in terms} | {f"val/{t}" for t in VAL_EXTRA}
