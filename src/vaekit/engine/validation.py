@@ -132,4 +132,6 @@ class Validator:
                        folder / f"{stem}-spectrogram.png")
         elif modality == "video":  # input above reconstruction, as a playable clip
             pair = torch.cat([x[0].float().cpu(), recon[0].clamp(0, 1).cpu()], dim=-2)  # (C, T, 2H, W)
-            write_mp4(folder / f"{stem}-recon.mp4", pair, float(meta.get("fps") or 8.0))
+            fps = meta.get("fps")
+            fps = fps[0] if isinstance(fps, list | tuple) and fps else fps
+            write_mp4(folder / f"{stem}-recon.mp4", pair, float(fps) if isinstance(fps, int | float) and fps > 0 else 8.0)

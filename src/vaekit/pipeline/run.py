@@ -162,7 +162,9 @@ class Pipeline:
             lock = prepare_run_dir(run_dir, resume, cfg.run.overwrite, trained)
             try:
                 (run_dir / "samples").mkdir(exist_ok=True)
-                if not resume:
+                if not resume or (run_dir / "config.yaml").read_text() != dump_config(cfg):
+                    # a resume with overrides (optim.lr, train.max_steps, ...) writes them back: the file always
+                    # says how the run goes on, and the next resume starts from it
                     (run_dir / "config.yaml").write_text(dump_config(cfg))
                     if self.info.meta:
                         (run_dir / "data_meta.json").write_text(json.dumps(self.info.meta, indent=1))
