@@ -9,7 +9,6 @@ the periodic blocks run — log, validate, checkpoint — each deciding its own 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,32 +19,12 @@ from vaekit.engine.blocks import Blocks
 from vaekit.engine.checkpoint import CheckpointManager
 from vaekit.engine.metrics import TrainMetrics
 from vaekit.engine.noise import GlobalNoise
+from vaekit.engine.plan import Plan
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.signals import StopSignal
 from vaekit.engine.state import TrainState
 from vaekit.engine.updates import Update
 from vaekit.engine.validation import Validator
-
-
-@dataclass
-class Plan:
-    """What one fit trains, built by the pipeline for a stage: data, objective, updates and when it ends."""
-
-    name: str
-    index: int
-    cfg: VaekitConfig
-    data: Any  # DataBundle
-    train_loader: Any
-    val_loader: Any
-    objective: nn.Module
-    d_objective: nn.Module | None
-    updates: dict[str, Update]  # "generator" and/or "discriminator"
-    clock: Any  # observe / metric_done / epochs_done / limit_steps / state_dict (pipeline.StageClock)
-    model: nn.Module  # the VAE, unwrapped (latent shapes, last layer)
-    forward: nn.Module  # the VAE as wrapped for training (DDP, compile)
-    disc_forward: nn.Module | None
-    train_mode: Any  # () -> None: train mode, frozen modules in eval
-    describe: Any  # (TrainState) -> str for the progress bar
 
 
 class Trainer(Blocks):

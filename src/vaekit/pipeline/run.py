@@ -23,7 +23,8 @@ from vaekit.data.user import LoaderBatches, LoaderSource, from_python
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.checkpoint import CheckpointManager, GeneratorState, RNGState
 from vaekit.engine.ema import EMA
-from vaekit.engine.loop import Plan, Trainer
+from vaekit.engine.loop import Trainer
+from vaekit.engine.plan import Plan
 from vaekit.engine.rundir import new_run_dir, prepare_run_dir
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.updates import build_update
