@@ -68,3 +68,18 @@ def test_user_data_curves_are_columns_per_epoch(tmp_path: Path) -> None:
     curves = result.curves
     assert len(curves["train/loss"]) == 3 and len(curves["val/loss"]) == 3
     assert curves["val/step"] == curves["train/step"]
+
+
+def test_eval_metrics_run_with_validation_and_drive_a_transition(tmp_path: Path) -> None:
+    tree = tiny_tree(tmp_path / "runs", "evalm", train={"max_steps": None, "val_every": 2},
+                     eval={"metrics": ["psnr", "ssim", "iwae"], "k": 4})
+    tree["stages"] = [{"name": "until_psnr", "metric": "val/psnr", "threshold": 0.0, "mode": "above", "max_steps": 8},
+                      {"name": "more", "steps": 2}]
+    result = vaekit.train(tree)
+    first = [r for r in result.split("val") if r["stage"] == "until_psnr"]
+    assert first[0]["step"] == 2 and {"psnr", "ssim", "iwae_nll"} <= set(first[0])
+    assert result.summary["steps"] == 4  # psnr > 0 at the first validation ended stage 1 at step 2
+    events = (result.run_dir / "metrics.jsonl").read_text()
+    assert '"psnr"' in events
+    with pytest.raises(ConfigError, match=r"eval\.metrics: unknown metric 'psnrr'"):
+        vaekit.train(tiny_tree(tmp_path / "runs", "bad", eval={"metrics": ["psnrr"]}))

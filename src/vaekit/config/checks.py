@@ -16,10 +16,16 @@ def check_config(cfg: VaekitConfig) -> None:
     """Stages, transitions and freezing rules, then optimizer/scheduler arguments and the model's size (before
     any data is read)."""
     from vaekit.config.stages import check_stages, resolve_stages
-    from vaekit.objectives.terms import produced_metrics  # torch-free: the objectives' own term list
+    from vaekit.objectives.terms import EVAL_REPORTS, produced_metrics  # torch-free: the declared term lists
 
     stages = resolve_stages(cfg)
-    check_stages(stages, {st.name: produced_metrics(st.cfg.loss) for st in stages}, model_recon=cfg.loss.recon)
+    for st in stages:
+        for name in st.cfg.eval.metrics:
+            if name not in EVAL_REPORTS:
+                where = f"stages.{st.index}.eval.metrics" if cfg.stages else "eval.metrics"
+                raise ConfigError(f"{where}: unknown metric {name!r}; choose from {', '.join(EVAL_REPORTS)}")
+    produced = {st.name: produced_metrics(st.cfg.loss, st.cfg.eval.metrics) for st in stages}
+    check_stages(stages, produced, model_recon=cfg.loss.recon)
     for st in stages:
         prefix = f"stages.{st.index}." if cfg.stages else ""
         _check_optim(st.cfg, prefix)

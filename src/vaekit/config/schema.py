@@ -408,6 +408,19 @@ class LogConfig(Section):
     mlflow: bool = False
 
 
+# ------------------------------------------------------------------------------------------ eval
+class EvalConfig(Section):
+    metrics: list[str] = Field(default_factory=list)
+    """Evaluation metrics run with validation (``vaekit eval`` names: psnr, ssim, iwae, tags, mig, ...); their
+    values join the ``val`` record (``val/psnr``), so stage transitions can use them."""
+    every: int | None = Field(None, ge=1)
+    """Run them every N optimizer steps (at the next validation). Default: at every validation."""
+    batches: int | None = Field(None, ge=1)
+    """Validation batches they use. Default: ``train.val_batches``, else all."""
+    k: int = Field(16, ge=1, le=4096)
+    """Importance samples for ``iwae``."""
+
+
 # ---------------------------------------------------------------------------------------- stages
 class StageConfig(BaseModel):
     """One phase of a pipeline. It may override the sections ``data``, ``loss``, ``optim``, ``disc_optim``,
@@ -435,6 +448,7 @@ class StageConfig(BaseModel):
     disc_optim: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     log: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -461,6 +475,7 @@ class VaekitConfig(Section):
     """The discriminator's optimizer (used when ``loss.adversarial.weight > 0``)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     stage_defaults: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(default_factory=list)
     """At most ``MAX_STAGES``: each stage is validated as a whole config, and a run has a handful."""

@@ -14,7 +14,7 @@ from vaekit.config.load import deep_merge, validate_tree
 from vaekit.config.schema import StageConfig, VaekitConfig
 from vaekit.errors import ConfigError
 
-SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log")
+SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log", "eval")
 GROUPS = ("encoder", "decoder", "discriminator")
 RUN_WIDE_TRAIN_KEYS = ("ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s")
 

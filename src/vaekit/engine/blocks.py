@@ -85,6 +85,7 @@ class Blocks:
         """Validation terms (EMA weights when on) → metrics.jsonl, the stage clock, plateau schedules, samples."""
         st, model = self.state, self.eval_model()
         means = self.validator.run(plan, st, model)
+        means.update({k: v for k, v in self.validator.eval_metrics(plan, st, model).items() if k not in means})
         st.last_val_step = st.step
         self.metrics.write({**self.metrics.where, "step": st.step, "epoch": st.epoch, "split": "val", **means}, st)
         for name, value in means.items():

@@ -38,6 +38,7 @@ class Validator:
     def __init__(self, runtime: Runtime, run_dir: Path) -> None:
         self.rt = runtime
         self.run_dir = run_dir
+        self.last_eval = -(10**12)
 
     def due(self, plan: Any, state: TrainState, epoch_end: bool) -> bool:
         every = plan.cfg.train.val_every
@@ -89,6 +90,24 @@ class Validator:
             means.update(zip(("active_units", "kl_dim_mean", "kl_dim_max"), stats, strict=True))
         model.train(was_training)
         return means
+
+    def eval_metrics(self, plan: Any, state: TrainState, model: nn.Module) -> dict[str, float]:
+        """``eval.metrics`` on the validation split (every process computes the same numbers from the same
+        batches and seed: no collective), when due; {} otherwise."""
+        ev = plan.cfg.eval
+        if not ev.metrics or (ev.every is not None and state.step - self.last_eval < ev.every):
+            return {}
+        from vaekit.eval import evaluate
+
+        self.last_eval = state.step
+        was_training = model.training
+        devices = [self.rt.device] if self.rt.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            result = evaluate(model, plan.data, split="val", metrics=ev.metrics, batch_size=plan.cfg.train.batch_size,
+                              batches=ev.batches or plan.cfg.train.val_batches, seed=plan.cfg.run.seed, k=ev.k,
+                              device=self.rt.device)
+        model.train(was_training)
+        return {k: float(v) for k, v in result["metrics"].items() if isinstance(v, int | float)}
 
     @torch.no_grad()
     def samples(self, plan: Any, state: TrainState, model: nn.Module, tracker: Any) -> None:

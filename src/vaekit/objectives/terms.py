@@ -33,8 +33,33 @@ def adversarial_terms(loss: LossConfig) -> set[str]:
     return terms
 
 
-def produced_metrics(loss: LossConfig) -> set[str]:
-    """Every metric name (``train/…``, ``val/…``) a stage with this loss config logs."""
+EVAL_REPORTS: dict[str, tuple[str, ...]] = {
+    "elbo": ("neg_elbo", "recon_nll", "neg_elbo_bpd"),
+    "iwae": ("iwae_nll", "iwae_bpd"),
+    "mse": (),
+    "latent": ("active_fraction", "posterior_mean_abs", "posterior_mean_var", "posterior_var", "aggregate_var"),
+    "mi": ("mi",),
+    "scale_shift": ("scaling_factor", "shift_factor"),
+    "psnr": ("psnr",),
+    "ssim": ("ssim",),
+    "ms_ssim": ("ms_ssim",),
+    "lpips": ("lpips",),
+    "rfid": ("rfid",),
+    "fid": ("fid",),
+    "si_sdr": ("si_sdr",),
+    "mrstft": ("mrstft",),
+    "lsd": ("lsd",),
+    "tags": ("f1_micro", "f1_macro", "map", "auroc"),
+    "mig": ("mig",),
+    "sap": ("sap",),
+}
+"""``eval.metrics`` names (the groups of ``vaekit.eval``) → the validation terms they add (names the objective
+already logs, such as ``kl`` and ``mse``, keep the objective's value)."""
+
+
+def produced_metrics(loss: LossConfig, eval_metrics: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """Every metric name (``train/…``, ``val/…``) a stage with this loss config (and ``eval.metrics``) logs."""
     terms = vae_terms(loss)
     train = {f"train/{t}" for t in terms | adversarial_terms(loss)}
-    return train | {f"val/{t}" for t in terms} | {f"val/{t}" for t in VAL_EXTRA}
+    extra = {name for group in eval_metrics for name in EVAL_REPORTS.get(group, ())}
+    return train | {f"val/{t}" for t in terms | extra} | {f"val/{t}" for t in VAL_EXTRA}
