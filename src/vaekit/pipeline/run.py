@@ -353,7 +353,7 @@ class Pipeline:
         (self.run_dir / "model_config.json").write_text(json.dumps(model_cfg, indent=1))
         records = t.tracker.records
         last_val = next((r for r in reversed(records) if r["split"] == "val"), {})
-        last_train = next((r for r in reversed(records) if r["split"] == "train"), {})
+        last_train = next((r for r in reversed(records) if r["split"] == "train" and r.get("kind") == "epoch"), {})
         summary = {
             "run_dir": str(self.run_dir),
             "steps": t.state.step,
@@ -395,5 +395,5 @@ class Pipeline:
 
 
 def _metrics_only(record: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in record.items() if isinstance(v, float)}
+    return {k: v for k, v in record.items() if isinstance(v, float) and k != "time"}
 
