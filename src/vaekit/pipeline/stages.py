@@ -15,9 +15,10 @@ from typing import Any
 from vaekit.config.load import ConfigError, deep_merge, validate_tree
 from vaekit.config.schema import StageConfig, VaekitConfig
 
-SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log")
+SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log", "finetune")
 GROUPS = ("encoder", "decoder", "discriminator")
-RUN_WIDE_TRAIN_KEYS = ("ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s")
+RUN_WIDE_TRAIN_KEYS = ("ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s",
+                        "strategy")
 
 
 @dataclass
@@ -91,7 +92,7 @@ def check_stages(stages: list[Stage], produced: dict[str, set[str]] | None = Non
         for key in ("freeze", "unfreeze"):
             for group in getattr(spec, key):
                 # a user model's paths are checked against the module itself when the run starts
-                if group.split(".")[0] not in GROUPS and st.cfg.model.arch != "custom":
+                if group.split(".")[0] not in GROUPS and st.cfg.model.arch not in ("custom", "diffusers"):
                     raise ConfigError(
                         f"{where}.{key}: unknown group {group!r}; use one of {', '.join(GROUPS)} "
                         "or a submodule path inside them (e.g. decoder.head)"
