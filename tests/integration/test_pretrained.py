@@ -120,11 +120,7 @@ RUNNER = textwrap.dedent(
     """
     import json, sys
     import vaekit
-    cfg = json.loads(sys.argv[1])
-    if sys.argv[2] == "resume":
-        vaekit.train(resume=cfg["run"]["dir"] + "/" + cfg["run"]["name"])
-    else:
-        vaekit.train(cfg)
+    vaekit.train(json.loads(sys.argv[1]))
     """
 )
 
@@ -142,13 +138,9 @@ def test_lora_then_full_pipeline_resumes_bitwise_after_sigkill(tmp_path: Path, t
     (tmp_path / "runner.py").write_text(RUNNER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     root = tmp_path / "runs"
-
-    def launch(name: str, mode: str) -> subprocess.Popen:
-        cfg = json.dumps(cfg_for(root, name, tiny_vae, stages=STAGES))
-        return subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), cfg, mode],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-
-    straight, killed = launch("straight", "new"), launch("killed", "new")
+    cfg = json.dumps(cfg_for(root, "killed", tiny_vae, stages=STAGES))
+    killed = subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), cfg, "new"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 180
         ckpts = root / "killed" / "checkpoints"
@@ -158,15 +150,13 @@ def test_lora_then_full_pipeline_resumes_bitwise_after_sigkill(tmp_path: Path, t
             time.sleep(0.01)
         killed.send_signal(signal.SIGKILL)  # at or soon after step 2: inside the lora stage
         assert killed.wait(timeout=30) == -signal.SIGKILL
-        assert straight.wait(timeout=240) == 0, straight.stderr.read()[-3000:]
     finally:
-        for proc in (straight, killed):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait()
     assert not (root / "killed" / "model.safetensors").exists(), "the killed run had already finished"
-    resumed = launch("killed", "resume")
-    assert resumed.wait(timeout=240) == 0, resumed.stderr.read()[-3000:]
+    vaekit.train(cfg_for(root, "straight", tiny_vae, stages=STAGES))  # the uninterrupted run, in this process
+    vaekit.train(resume=str(root / "killed"))
     _same_files(root / "straight", root / "killed")
     assert json.loads((root / "killed" / "summary.json").read_text())["steps"] == 14
 
