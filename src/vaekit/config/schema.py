@@ -442,7 +442,8 @@ class LogConfig(Section):
     mlflow: bool = False
     """Log to MLflow (``pip install vaekit[mlflow]``); the run id is kept in ``trackers.json``."""
     mlflow_uri: str | None = None
-    """MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else a file store in ``{run_dir}/mlruns``)."""
+    """MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///{run_dir}/mlflow.db`` with artifacts
+    in ``{run_dir}/mlartifacts``; MLflow 3 refuses a ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``)."""
     mlflow_experiment: str = "vaekit"
 
 
