@@ -87,8 +87,20 @@ class Finetuner:
 
     # the checkpoint view -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
-        state = {plain_key(k): v for k, v in self.module.state_dict().items()}
+        full, self.gathered = self.gathered, None
+        state = {plain_key(k): v for k, v in (full if full is not None else self.module.state_dict()).items()}
         return {**state, **self.stash}
+
+    gathered: dict[str, Tensor] | None = None
+    """The full weights of an FSDP-sharded module, gathered by every process just before a save."""
+
+    def gather(self) -> dict[str, Tensor]:
+        """Collective (every process calls it): the full, unsharded weights on the main process (CPU)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        self.gathered = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
+        return self.gathered
 
     def load_state_dict(self, state: dict[str, Tensor], strict: bool = True) -> Any:
         if self.lora is None:
@@ -198,3 +210,22 @@ def merge_lora_state(state: dict[str, Tensor], module: nn.Module, cfg: FinetuneC
     if tuner.stash:
         tuner.apply(FinetuneConfig(mode="full"), cfg)
     return {k: v for k, v in tuner.state_dict().items()}
+
+
+class GatherBeforeSave:
+    """Registered as a per-process state of the checkpoint manager, whose per-process states are collected on
+    every process before the main process writes: under FSDP that is where the sharded weights are gathered
+    into full tensors (a collective), which the main process's ``model`` entry then writes. Holds no state."""
+
+    def __init__(self, tuner: Finetuner, shared: dict[str, Any]) -> None:
+        self.tuner, self.shared = tuner, shared
+
+    def state_dict(self) -> dict[str, Any]:
+        self.tuner.gather()
+        for update in self.shared.values():  # the optimizers over the sharded parameters, in full
+            if getattr(update, "sharded", None) is not None:
+                update.gather()
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -112,10 +112,11 @@ class Runtime:
             self.accelerator.unscale_gradients(optimizer=opt)
 
     def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        t = _full(t)
         return self.accelerator.reduce(t, reduction="sum") if self.world > 1 else t
 
     def reduce(self, t: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-        return self.accelerator.reduce(t, reduction=reduction)
+        return self.accelerator.reduce(_full(t), reduction=reduction)
 
     def wait(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -130,3 +131,9 @@ def _fsdp_plugin(strategy: str, cpu: bool) -> object | None:
     return FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=False,
                                           auto_wrap_policy="size_based_wrap", min_num_params=1_000_000,
                                           state_dict_type="FULL_STATE_DICT")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A value computed from FSDP-sharded parameters (a DTensor) as the plain full tensor."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t

@@ -23,7 +23,7 @@ from vaekit.data.user import LoaderBatches, LoaderSource, from_python
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.checkpoint import CheckpointManager, GeneratorState, RNGState
 from vaekit.engine.ema import EMA
-from vaekit.engine.finetune import Finetuner
+from vaekit.engine.finetune import Finetuner, GatherBeforeSave
 from vaekit.engine.loop import Plan, Trainer
 from vaekit.engine.rundir import new_run_dir, prepare_run_dir
 from vaekit.engine.runtime import Runtime
@@ -97,6 +97,11 @@ class Pipeline:
         t = self.trainer
         self.tuner = Finetuner(export_module(self.model))  # the model's weights, LoRA adapters included
         m.register("module", "model", self.tuner)
+        if self.rt.strategy == "fsdp" and self.rt.world > 1:  # sharded weights are gathered before each save
+            if getattr(self.model, "config", {}).get("arch") in (None, "custom"):
+                raise ConfigError("train.strategy=fsdp: a module passed from Python cannot be rebuilt for the "
+                                  "export; use train.strategy=ddp (or model.arch=diffusers / a built-in arch)")
+            m.register("local", "fsdp_gather", GatherBeforeSave(self.tuner, m.shared))
         if self.disc is not None:
             m.register("module", "discriminator", self.disc)
         if self.ema is not None:
@@ -222,6 +227,7 @@ class Pipeline:
                   "other": list(self.model.parameters())}
         gen = build_update("generator", groups, cfg.optim, total, rt)
         if gen is not None:
+            gen.sharded = self.model if rt.strategy == "fsdp" and rt.world > 1 else None
             updates["generator"] = gen
         d_objective = None
         if stage.adversarial and self.disc is not None:
@@ -327,10 +333,11 @@ class Pipeline:
         """Evaluate the test split, export weights (EMA when enabled), write summary.json and curves.png."""
         t = self.trainer
         test = self._test_metrics()
+        full = self._gather_if_sharded()
         t.rt.wait()
         if not self.rt.is_main:
             return {}
-        export = export_module(t.eval_model())
+        export = export_module(t.eval_model()) if full is None else full
         model_cfg = getattr(t.eval_model(), "config", {})
         meta = {"config": model_cfg, "vaekit_config": self.cfg.model_dump(mode="json")}
         self._export_finetuned(export)
@@ -394,6 +401,21 @@ class Pipeline:
     def _save_adapters(self, stage_name: str) -> None:
         if self.rt.is_main:
             self.tuner.save_adapters(self.run_dir / "lora" / stage_name)
+
+    def _gather_if_sharded(self) -> nn.Module | None:
+        """FSDP: the full weights (collective) in a fresh unsharded copy of the module on the main process."""
+        if not (self.rt.strategy == "fsdp" and self.rt.world > 1):
+            return None
+        state = self.tuner.gather()
+        self.tuner.gathered = None
+        if not self.rt.is_main:
+            return None
+        config = dict(getattr(self.model, "config", {}))
+        from vaekit.models import build_model_from_config
+
+        fresh = export_module(build_model_from_config(config))
+        fresh.load_state_dict(state)
+        return fresh
 
     def _export_finetuned(self, export: nn.Module) -> None:
         """Adapters still present at the end: written alone, then merged, so the exports hold plain weights."""
