@@ -30,12 +30,14 @@ from vaekit.models.base import register_model
 
 SUPPORTED = (
     "AutoencoderKL", "AutoencoderKLCogVideoX", "AutoencoderKLLTXVideo", "AutoencoderKLWan", "AutoencoderKLMochi",
-    "AutoencoderKLHunyuanVideo", "AutoencoderKLAllegro", "AutoencoderKLTemporalDecoder", "AutoencoderKLQwenImage",
-    "AutoencoderKLMagvit", "AutoencoderKLCosmos", "AsymmetricAutoencoderKL", "AutoencoderOobleck",
+    "AutoencoderKLHunyuanVideo", "AutoencoderKLAllegro", "AutoencoderKLQwenImage", "AutoencoderKLMagvit",
+    "AsymmetricAutoencoderKL", "AutoencoderOobleck",
 )
 """Classes whose ``encode`` returns ``latent_dist`` with ``mean``/``logvar`` and whose ``decode`` returns
 ``.sample`` (checked by reading diffusers' code; AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLWan,
-AutoencoderKLLTXVideo and AutoencoderOobleck also with tiny random configs in the tests)."""
+AutoencoderKLLTXVideo and AutoencoderOobleck also with tiny random configs in the tests). Not these:
+AutoencoderKLCosmos (an IdentityDistribution posterior, no logvar), AutoencoderKLTemporalDecoder (decode needs
+num_frames), VQModel, AutoencoderTiny, AutoencoderDC (no Gaussian posterior)."""
 _TIMEOUT_S = "10"  # hub metadata/download socket timeouts (seconds), unless the user set their own
 
 
