@@ -180,6 +180,8 @@ def test_sources_that_cannot_load_are_one_line_errors(tmp_path: Path, tiny_vae: 
         vaekit.train(cfg_for(tmp_path, "dir", tiny_vae, model={"pretrained": str(tmp_path / "nowhere") + "/"}))
     with pytest.raises(ConfigError, match="no model class 'AutoencoderNope'"):
         vaekit.train(cfg_for(tmp_path, "cls", tiny_vae, model={"class": "AutoencoderNope"}))
+    with pytest.raises(ConfigError, match="AutoencoderKLTemporalDecoder does not fit.*num_frames"):
+        vaekit.train(cfg_for(tmp_path, "cls", tiny_vae, model={"class": "AutoencoderKLTemporalDecoder"}))
     with pytest.raises(ConfigError, match="loss.recon: bce is not supported"):
         vaekit.train(cfg_for(tmp_path, "bce", tiny_vae, loss={"recon": "bce"}))
     with pytest.raises(ConfigError, match="finetune.mode: lora cannot run with train.ema"):

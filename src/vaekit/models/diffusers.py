@@ -38,6 +38,13 @@ SUPPORTED = (
 AutoencoderKLLTXVideo and AutoencoderOobleck also with tiny random configs in the tests). Not these:
 AutoencoderKLCosmos (an IdentityDistribution posterior, no logvar), AutoencoderKLTemporalDecoder (decode needs
 num_frames), VQModel, AutoencoderTiny, AutoencoderDC (no Gaussian posterior)."""
+UNFIT = {
+    "AutoencoderKLTemporalDecoder": "its decode(z, num_frames) needs the clip length",
+    "AutoencoderKLCosmos": "its posterior is an IdentityDistribution without a log-variance",
+    "VQModel": "it has a quantized, not a Gaussian, latent",
+    "AutoencoderTiny": "its encoder is deterministic (no Gaussian posterior)",
+    "AutoencoderDC": "its encoder is deterministic (no Gaussian posterior)",
+}
 _TIMEOUT_S = "10"  # hub metadata/download socket timeouts (seconds), unless the user set their own
 
 
@@ -53,6 +60,9 @@ def import_diffusers() -> Any:
 
 
 def diffusers_class(name: str) -> type[nn.Module]:
+    if name in UNFIT:
+        raise ConfigError(f"model.class: {name} does not fit vaekit's VAE protocol ({UNFIT[name]}); "
+                          f"autoencoders that fit: {', '.join(SUPPORTED)}")
     diffusers = import_diffusers()
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module) and hasattr(cls, "from_pretrained")):
