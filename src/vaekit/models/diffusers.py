@@ -170,7 +170,9 @@ class DiffusersVAE(ModuleVAE):
     def from_model_config(cls, cfg: ModelConfig, shape: tuple[int, ...], recon_kind: str) -> DiffusersVAE:
         module = load_pretrained(cfg)
         rescale = len(shape) in (3, 4)  # images (C, H, W) and video (C, T, H, W) are [0, 1] in vaekit
-        return cls(cfg.class_name, config_of(module), recon_kind, rescale, cfg.pretrained, module)
+        vae = cls(cfg.class_name, config_of(module), recon_kind, rescale, cfg.pretrained, module)
+        vae.latent_shape_for(tuple(shape))  # known from the start, like a built-in family's
+        return vae
 
     @property
     def decoder(self) -> nn.Module:  # type: ignore[override]
