@@ -17,6 +17,7 @@ EPILOG = """examples:
   vaekit train --preset beta-vae data.source=mnist data.path=DIR
   vaekit train --resume runs/shapes-conv-20260101-120000
   vaekit validate cfg.yaml                       # check and summarise without training
+  vaekit export RUN_DIR --format diffusers       # a folder AutoencoderKL.from_pretrained loads
 """
 
 
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--out", metavar="DIR", help="output directory (default: ./compare-YYYYmmdd-HHMMSS)")
     p_cmp.add_argument("--split", default="val", choices=["val", "test", "train"])
     _eval_options(p_cmp)
+
+    p_exp = sub.add_parser("export", help="write a run's weights (LoRA merged) as model.safetensors or a diffusers folder")
+    p_exp.add_argument("run_dir", metavar="RUN_DIR")
+    p_exp.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
+                       help="safetensors: OUT/model.safetensors (default OUT: RUN_DIR/export); diffusers: a "
+                       "save_pretrained folder (default OUT: RUN_DIR/diffusers)")
+    p_exp.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory instead of the run's export")
+    p_exp.add_argument("--out", metavar="DIR", help="output folder")
     return parser
 
 
@@ -111,6 +120,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         for name, text in list_presets().items():
             print(f"{name:15s} {text}")
+        return 0
+
+    if args.command == "export":
+        from vaekit.engine.export import export_run
+
+        print(export_run(args.run_dir, args.format, args.checkpoint, args.out))
         return 0
 
     if args.command in ("eval", "compare"):

@@ -1,9 +1,11 @@
 """Unit tests for vaekit.objectives.perceptual: LPIPS against the lpips package, the VGG feature distance by
-hand, fp32 under autocast, frozen eval mode, video and grayscale handling, and local-only pretrained weights."""
+hand, fp32 under autocast, frozen eval mode, video and grayscale handling, and pretrained weights: fetched into
+the hub cache the first time (served from file:// URLs here: tests never download), one line when that fails."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import lpips
@@ -13,6 +15,7 @@ import torchvision
 from torch import Tensor, nn
 
 from vaekit.config.schema import PerceptualConfig
+from vaekit.objectives import perceptual
 from vaekit.objectives.perceptual import (
     MissingWeightsError,
     PerceptualLoss,
@@ -28,8 +31,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:UserWarning:torchvi
 def _seed_and_no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("attempted a download")
+    real = torch.hub.download_url_to_file
+
+    def refuse(url: str, *args: object, **kwargs: object) -> None:
+        if not url.startswith("file://"):  # the tests serve their checkpoints from file:// URLs only
+            raise AssertionError(f"attempted a download of {url}")
+        real(url, *args, **kwargs)
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
@@ -128,13 +135,55 @@ def test_unsupported_channel_count_is_an_error(vgg_loss: PerceptualLoss) -> None
 def test_missing_weights_error_names_the_file_and_where_to_put_it(
     kind: str, net: str, file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # offline: the download is pointed at an unreachable file:// URL (tests never download), so it fails at once
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    arch, url = perceptual._BACKBONES[net]
+    monkeypatch.setitem(perceptual._BACKBONES, net, (arch, f"file://{tmp_path}/unreachable/{file}"))
     cfg = PerceptualConfig(kind=kind, net=net)
     expected_path = str(tmp_path / "hub" / "checkpoints" / file)
     for attempt in (lambda: check_perceptual_weights(cfg), lambda: PerceptualLoss(cfg)):
+        started = time.monotonic()
         with pytest.raises(MissingWeightsError) as error:
             attempt()
-        assert expected_path in str(error.value) and "loss.perceptual.weights_path" in str(error.value)
+        assert time.monotonic() - started < 5
+        text = str(error.value)
+        assert expected_path in text and "loss.perceptual.weights_path" in text and "the download failed" in text
+        assert "\n" not in text and not Path(expected_path).exists()  # no partial file left in the cache
+
+
+def test_backbone_weights_are_downloaded_into_the_hub_cache_the_first_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served checkpoint (random VGG16 weights from a file:// URL, named with its sha256 prefix as torchvision's
+    are) lands in $TORCH_HOME/hub/checkpoints with its hash checked; the second build reads the cache."""
+    import hashlib
+
+    from torchvision.models.vgg import cfgs, make_layers
+
+    torch.manual_seed(0)
+    served = tmp_path / "served" / "vgg16.pth"
+    served.parent.mkdir()
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}, served)
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()[:8]
+    named = served.with_name(f"vgg16-{digest}.pth")
+    served.rename(named)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(perceptual._BACKBONES, "vgg", ("vgg16", named.as_uri()))
+    cfg = PerceptualConfig(kind="vgg")
+    check_perceptual_weights(cfg)
+    cached = tmp_path / "home" / "hub" / "checkpoints" / named.name
+    assert cached.read_bytes() == named.read_bytes()
+    named.unlink()  # from now on only the cache has it
+    loss = PerceptualLoss(cfg)
+    assert torch.equal(loss.distance.features[0].weight, torch.load(cached)["features.0.weight"])
+    # a corrupted download (hash mismatch) is refused and removed
+    cached.unlink()
+    bad = tmp_path / "served" / f"vgg16-{'0' * 8}.pth"
+    bad.write_bytes(b"not a checkpoint")
+    monkeypatch.setitem(perceptual._BACKBONES, "vgg", ("vgg16", bad.as_uri()))
+    with pytest.raises(MissingWeightsError, match="the download failed"):
+        check_perceptual_weights(cfg)
+    assert not (tmp_path / "home" / "hub" / "checkpoints" / bad.name).exists()
 
 
 def test_missing_weights_path_is_named_in_the_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ def check_config(cfg: VaekitConfig) -> None:
     for st in stages:
         prefix = f"stages.{st.index}." if cfg.stages else ""
         _check_optim(st.cfg, prefix)
+        _check_finetune(st.cfg, prefix)
         _check_model_size(cfg.model, st.cfg.data, f" (with stages.{st.index}.data)" if cfg.stages else "")
 
 
@@ -38,6 +39,17 @@ def _check_optim(cfg: VaekitConfig, prefix: str) -> None:
         for group in optim.group_lr:
             if group not in ("encoder", "decoder"):
                 raise ConfigError(f"{prefix}{key}.group_lr.{group}: unknown group; use encoder or decoder")
+
+
+def _check_finetune(cfg: VaekitConfig, prefix: str) -> None:
+    if cfg.finetune.mode != "lora":
+        return
+    if cfg.train.ema.enabled:
+        raise ConfigError(f"{prefix}finetune.mode: lora cannot run with train.ema.enabled (the average would "
+                          "cover the frozen base weights); disable the EMA or use finetune.mode=full")
+    if cfg.train.strategy == "fsdp":
+        raise ConfigError(f"{prefix}finetune.mode: lora is not supported with train.strategy=fsdp (adapters "
+                          "are injected into and merged from unsharded weights); use train.strategy=ddp")
 
 
 def estimate_parameters(model: ModelConfig, data: DataConfig) -> tuple[int, int]:
@@ -67,6 +79,8 @@ def estimate_parameters(model: ModelConfig, data: DataConfig) -> tuple[int, int]
 
 
 def _check_model_size(model: ModelConfig, data: DataConfig, where: str) -> None:
+    if model.arch == "diffusers":  # a pretrained model's size is what it is; hidden_dims do not describe it
+        return
     body, latent = estimate_parameters(model, data)
     gb = 4 * (body + latent) / 1e9
     if 4 * (body + latent) <= MAX_PARAM_BYTES:

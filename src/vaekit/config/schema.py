@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 INT64_MAX = 2**63 - 1
 MAX_WIDTH = 65536
@@ -195,9 +195,25 @@ class DataConfig(Section):
 
 # ------------------------------------------------------------------------------------------- model
 class ModelConfig(Section):
-    arch: Literal["conv", "mlp", "custom"] = "conv"
+    arch: Literal["conv", "mlp", "custom", "diffusers"] = "conv"
     """conv: convolutional VAE, 1D/2D/3D chosen from the data (audio/images/video); mlp: flat inputs;
-    custom: a module passed to ``vaekit.train(model=...)`` (set automatically)."""
+    custom: a module passed to ``vaekit.train(model=...)`` (set automatically); diffusers: a pretrained
+    diffusers autoencoder (``model.pretrained``, ``model.class``)."""
+    pretrained: str | None = None
+    """arch=diffusers: a local folder written by ``save_pretrained`` (loads offline) or a Hugging Face hub id
+    (e.g. ``stabilityai/sd-vae-ft-mse``; downloaded where the hub is reachable)."""
+    class_name: str = Field("AutoencoderKL", validation_alias=AliasChoices("class", "class_name"))
+    """arch=diffusers: the diffusers class (YAML key ``class``): AutoencoderKL, AutoencoderKLCogVideoX,
+    AutoencoderKLLTXVideo, AutoencoderKLWan, AutoencoderKLMochi, AutoencoderKLHunyuanVideo, AutoencoderOobleck..."""
+    subfolder: str | None = None
+    """arch=diffusers: the folder inside ``pretrained`` that holds the VAE (``vae`` in a pipeline repository)."""
+    variant: str | None = None
+    """arch=diffusers: the weights variant to load (e.g. ``fp16``: ``diffusion_pytorch_model.fp16.safetensors``)."""
+    revision: str | None = None
+    """arch=diffusers: a hub revision (branch, tag or commit)."""
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """arch=diffusers: the dtype the weights are held (and trained) in. Keep float32 master weights and use
+    ``train.precision=bf16`` for mixed precision."""
     latent_dim: int = Field(10, ge=1, le=2**20)
     """Vector latent size, or channels per position with ``latent: spatial``."""
     latent: Literal["vector", "spatial"] = "vector"
@@ -212,6 +228,16 @@ class ModelConfig(Section):
     gaussian_logvar: Literal["scalar", "pixel"] = "scalar"
     """With ``loss.recon: gaussian``: one learned log-variance, or one per output element (decoder head)."""
     grad_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _pretrained_source(self) -> ModelConfig:
+        if self.arch == "diffusers" and not self.pretrained:
+            raise ValueError(
+                "model.pretrained: required with model.arch=diffusers (a save_pretrained folder or a hub id)"
+            )
+        if self.arch == "diffusers" and not re.fullmatch(r"Autoencoder\w*|\w*VAE\w*|VQModel", self.class_name):
+            raise ValueError(f"model.class: {self.class_name!r} is not a diffusers autoencoder class name")
+        return self
 
     @field_validator("hidden_dims")
     @classmethod
@@ -389,6 +415,9 @@ class TrainConfig(Section):
     ema: EMAConfig = Field(default_factory=EMAConfig)
     compile: bool = False
     """torch.compile the autoencoder (CUDA)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Several processes: ddp replicates the model; fsdp shards parameters, gradients and optimizer state
+    (FSDP2; through Accelerate on GPUs, torch's ``fully_shard`` on CPU). Checkpoints hold full weights either way."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms (slower on GPU)."""
 
@@ -405,7 +434,36 @@ class LogConfig(Section):
     num_samples: int = Field(16, ge=1, le=1024)
     plots: bool = True
     wandb: bool = False
+    """Log to Weights & Biases (``pip install vaekit[wandb]``); the run id is kept in ``trackers.json``."""
+    wandb_project: str | None = None
+    """W&B project (default: ``WANDB_PROJECT`` or ``vaekit``)."""
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    """W&B mode (default: ``WANDB_MODE``, else online). offline writes under ``{run_dir}/wandb``."""
     mlflow: bool = False
+    """Log to MLflow (``pip install vaekit[mlflow]``); the run id is kept in ``trackers.json``."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///{run_dir}/mlflow.db`` with artifacts
+    in ``{run_dir}/mlartifacts``; MLflow 3 refuses a ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``)."""
+    mlflow_experiment: str = "vaekit"
+
+
+# -------------------------------------------------------------------------------------- finetune
+class FinetuneConfig(Section):
+    """What of the autoencoder trains in a stage (overridable per stage: ``stages[i].finetune``)."""
+
+    mode: Literal["full", "lora", "decoder"] = "full"
+    """full: every (unfrozen) weight; lora: low-rank adapters (peft) on ``target_modules``, the base frozen;
+    decoder: only the decoder side (``decoder`` and ``post_quant_conv``). A stage that leaves lora merges the
+    adapters into the base weights first (LoRA warm-up, then full finetune from the merged model)."""
+    rank: int = Field(8, ge=1, le=4096)
+    """LoRA rank r."""
+    alpha: float = Field(8.0, gt=0.0)
+    """LoRA scaling numerator: the update is ``alpha / rank · B·A``."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch's input."""
+    target_modules: list[str] | None = None
+    """Module names (or name suffixes, e.g. ``[to_q, to_k, to_v, conv1, conv2]``) that get adapters.
+    None: every Linear and Conv1d/2d/3d layer of the autoencoder (its convolutions and attention projections)."""
 
 
 # ------------------------------------------------------------------------------------------ eval
@@ -424,7 +482,7 @@ class EvalConfig(Section):
 # ---------------------------------------------------------------------------------------- stages
 class StageConfig(BaseModel):
     """One phase of a pipeline. It may override the sections ``data``, ``loss``, ``optim``, ``disc_optim``,
-    ``train`` and ``log``; the model (architecture) and the run are the same in every stage."""
+    ``train``, ``log`` and ``finetune``; the model (architecture) and the run are the same in every stage."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -449,6 +507,7 @@ class StageConfig(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict)
     log: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
+    finetune: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -476,6 +535,7 @@ class VaekitConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     stage_defaults: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(default_factory=list)
     """At most ``MAX_STAGES``: each stage is validated as a whole config, and a run has a handful."""

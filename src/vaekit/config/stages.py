@@ -14,9 +14,11 @@ from vaekit.config.load import deep_merge, validate_tree
 from vaekit.config.schema import StageConfig, VaekitConfig
 from vaekit.errors import ConfigError
 
-SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log", "eval")
+SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log", "eval", "finetune")
 GROUPS = ("encoder", "decoder", "discriminator")
-RUN_WIDE_TRAIN_KEYS = ("ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s")
+RUN_WIDE_TRAIN_KEYS = (
+    "ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s", "strategy",
+)
 
 
 @dataclass
@@ -92,7 +94,7 @@ def check_stages(
         for key in ("freeze", "unfreeze"):
             for group in getattr(spec, key):
                 # a user model's paths are checked against the module itself when the run starts
-                if group.split(".")[0] not in GROUPS and st.cfg.model.arch != "custom":
+                if group.split(".")[0] not in GROUPS and st.cfg.model.arch not in ("custom", "diffusers"):
                     raise ConfigError(
                         f"{where}.{key}: unknown group {group!r}; use one of {', '.join(GROUPS)} "
                         "or a submodule path inside them (e.g. decoder.head)"
@@ -118,7 +120,7 @@ def check_stages(
                     f"{', '.join(sorted(names))}"
                 )
         recon = st.cfg.loss.recon
-        if model_recon is not None and (recon == "gaussian") != (model_recon == "gaussian") and st.cfg.model.arch != "custom":
+        if model_recon is not None and (recon == "gaussian") != (model_recon == "gaussian") and st.cfg.model.arch not in ("custom", "diffusers"):
             # the model is built once, for the top-level loss.recon: a gaussian likelihood needs its variance head
             raise ConfigError(
                 f"{where}.loss.recon: {recon!r} needs a model built for it, but the model is built for the "

@@ -1,7 +1,8 @@
 """The process's view of the hardware, through Accelerate: device, ranks, precision, wrapping, backward.
 
 This is the one place that talks to Accelerate. The wrap order, applied from outside (model code never knows):
-freeze (the pipeline) → ``accelerator.prepare_model`` (DDP when several processes) → ``torch.compile``.
+freeze (the pipeline) → ``accelerator.prepare_model`` (DDP when several processes; FSDP2 with
+``train.strategy=fsdp``) → ``torch.compile``.
 Optimizers are built on the wrapped model's parameters and pass through ``prepare_optimizer`` only under fp16
 (it runs the grad scaler); otherwise the plain optimizer is used, as the wrapper only adds per-step overhead.
 """
@@ -31,7 +32,8 @@ class Runtime:
         timeout_s: collective timeout of the process group (a stopped rank fails the others after this).
     """
 
-    def __init__(self, precision: str, deterministic: bool = False, timeout_s: float = 600.0) -> None:
+    def __init__(self, precision: str, deterministic: bool = False, timeout_s: float = 600.0,
+                 strategy: str = "ddp") -> None:
         # Accelerate only sets up a CPU process group (gloo) when told the run is on the CPU.
         cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         # Accelerate keeps its state in a process-wide singleton that refuses a second precision; a later run in
@@ -41,7 +43,9 @@ class Runtime:
             # Accelerate would silently train in fp32; say so instead
             raise ConfigError("train.precision: 'fp16' needs a CUDA GPU; use 'bf16' (or 'no') on this machine")
         handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu_ddp, kwargs_handlers=handlers)
+        self.strategy = strategy
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu_ddp, kwargs_handlers=handlers,
+                                       fsdp_plugin=_fsdp_plugin(strategy, cpu_ddp))
         self.precision = precision
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
@@ -62,9 +66,29 @@ class Runtime:
     def wrap(self, module: nn.Module, compile: bool = False) -> nn.Module:
         """DDP (through ``accelerator.prepare_model``) when several processes train it, then compile."""
         wrapped = module
-        if self.world > 1 and any(p.requires_grad for p in module.parameters()):
+        if self.strategy == "fsdp" and self.world > 1:
+            wrapped = self._shard(module)
+        elif self.world > 1 and any(p.requires_grad for p in module.parameters()):
             wrapped = self.accelerator.prepare_model(module, device_placement=False)
         return torch.compile(wrapped) if compile else wrapped
+
+    def _shard(self, module: nn.Module) -> nn.Module:
+        """FSDP2, in place: Accelerate's ``fsdp2_prepare_model`` on accelerators; on CPU (gloo), where Accelerate
+        does not enable FSDP, torch's ``fully_shard`` on each child of the autoencoder, then on the root. Parameters
+        stay gathered from the forward to the backward (``reshard_after_forward=False``), so a main-process-only
+        forward (sample grids) needs no collective."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(module, FSDPModule):
+            return module
+        if self.accelerator.distributed_type.value == "FSDP":
+            return self.accelerator.prepare_model(module, device_placement=False)
+        root = getattr(module, "module", module)  # a wrapped user / diffusers module: shard its children
+        for child in root.children():
+            if any(True for _ in child.parameters()):
+                fully_shard(child, reshard_after_forward=False)
+        fully_shard(module, reshard_after_forward=False)
+        return module
 
     def no_sync(self, module: nn.Module | None, last: bool) -> AbstractContextManager:
         """Skip DDP's gradient all-reduce on every micro-batch but the last of an accumulation."""
@@ -88,10 +112,28 @@ class Runtime:
             self.accelerator.unscale_gradients(optimizer=opt)
 
     def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        t = _full(t)
         return self.accelerator.reduce(t, reduction="sum") if self.world > 1 else t
 
     def reduce(self, t: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-        return self.accelerator.reduce(t, reduction=reduction)
+        return self.accelerator.reduce(_full(t), reduction=reduction)
 
     def wait(self) -> None:
         self.accelerator.wait_for_everyone()
+
+
+def _fsdp_plugin(strategy: str, cpu: bool) -> object | None:
+    """Accelerate's FSDP2 plugin for ``train.strategy=fsdp`` on accelerators (None otherwise)."""
+    if strategy != "fsdp" or cpu or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    return FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=False,
+                                          auto_wrap_policy="size_based_wrap", min_num_params=1_000_000,
+                                          state_dict_type="FULL_STATE_DICT")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A value computed from FSDP-sharded parameters (a DTensor) as the plain full tensor."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t

@@ -35,15 +35,32 @@ class Update:
     params: list[nn.Parameter]
     grad_clip: float | None
     start_step: int = 0
+    sharded: nn.Module | None = None
+    """The FSDP-sharded module these parameters belong to: optimizer states are saved and loaded in full."""
+    gathered: dict[str, Any] | None = None
 
     def active(self, step: int) -> bool:
         return step >= self.start_step
 
+    def gather(self) -> None:
+        """Collective under FSDP (every process, before a save): the full optimizer state for the main process."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        self.gathered = get_optimizer_state_dict(self.sharded, self.optimizer, options=options)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+        optimizer, self.gathered = (self.gathered, None) if self.gathered is not None else (None, None)
+        return {"optimizer": optimizer or self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded is not None:  # a full state (parameter names as keys), sharded again on every process
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.sharded, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
 
     def step(self, runtime: Runtime, want_norm: bool, skip_nonfinite: bool) -> tuple[torch.Tensor | None, bool]:
@@ -60,6 +77,7 @@ class Update:
                 norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             else:
                 norm = grad_norm(self.params)
+            norm = full_tensor(norm)
         if skip_nonfinite and not grads_finite(self.params):
             self.optimizer.zero_grad(set_to_none=True)
             return norm, True
@@ -68,6 +86,12 @@ class Update:
         if not getattr(self.optimizer, "step_was_skipped", False):  # fp16 overflow: the step did not happen
             self.schedule.step()
         return norm, False
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2 DTensor) value as the plain full tensor; a plain tensor as is."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
 
 
 def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:

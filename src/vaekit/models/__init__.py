@@ -1,6 +1,6 @@
 """VAE model families (one file each), the discriminator, and the ``build_*`` factories.
 
-Importing this package registers the built-in families (``conv``, ``mlp``) in :data:`MODELS`.
+Importing this package registers the built-in families (``conv``, ``mlp``, ``diffusers``) in :data:`MODELS`.
 """
 
 from vaekit.models.base import (
@@ -14,6 +14,7 @@ from vaekit.models.base import (
     register_model,
 )
 from vaekit.models.conv import ConvVAE
+from vaekit.models.diffusers import DiffusersVAE  # diffusers itself is imported only when one is built
 from vaekit.models.discriminators import PatchDiscriminator, build_discriminator
 from vaekit.models.mlp import MLPVAE
 
@@ -21,6 +22,7 @@ __all__ = [
     "MODELS",
     "VAE",
     "ConvVAE",
+    "DiffusersVAE",
     "MLPVAE",
     "PatchDiscriminator",
     "VAEOutput",

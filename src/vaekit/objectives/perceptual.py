@@ -1,13 +1,17 @@
 """Perceptual losses for images and video (``loss.perceptual``): LPIPS and a VGG16 feature distance.
 
-Owns building the frozen backbone from local weights only (never a download), the check that those weights
-exist (``check_perceptual_weights``, cheap enough for the CLI to call before training), and the input handling:
-[0, 1] images, grayscale repeated to RGB, video clips folded into the batch, always fp32.
+Owns building the frozen backbone from pretrained weights: ``loss.perceptual.weights_path`` pins a local file;
+otherwise the torchvision checkpoint in the torch hub cache, downloaded there the first time (with a progress
+bar, checked against the hash in its file name) where the machine can reach download.pytorch.org. The check
+(``check_perceptual_weights``, called by the CLI before training) fetches it; offline, the one-line error says
+what to fetch and where to put it. Also the input handling: [0, 1] images, grayscale repeated to RGB, video clips
+folded into the batch, always fp32.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -45,26 +49,57 @@ def perceptual_weights_path(cfg: PerceptualConfig) -> Path:
     return Path(cfg.weights_path) if cfg.weights_path else hub_weights_path(cfg)
 
 
-def _missing_weights_error(cfg: PerceptualConfig, path: Path) -> MissingWeightsError:
+def _missing_weights_error(cfg: PerceptualConfig, path: Path, reason: str | None = None) -> MissingWeightsError:
     arch, url = _BACKBONES[_backbone(cfg)]
+    why = f"the download failed ({reason})" if reason else "vaekit does not download a pinned weights_path"
     return MissingWeightsError(
         f"loss.perceptual.kind={cfg.kind} needs pretrained {arch} weights, expected at {path} (not found); "
-        f"vaekit does not download them. Fetch {url} and either put it at {hub_weights_path(cfg)} "
+        f"{why}. Fetch {url} and either put it at {hub_weights_path(cfg)} "
         "(the torch hub cache; TORCH_HOME moves it) or anywhere and set loss.perceptual.weights_path=<file>. "
         "(loss.perceptual.pretrained=false uses a random backbone: tests only, the loss is then meaningless.)"
     )
 
 
-def check_perceptual_weights(cfg: PerceptualConfig) -> None:
-    """Raise ``MissingWeightsError`` if the configured perceptual term needs pretrained weights not on disk.
+def download_weights(cfg: PerceptualConfig, timeout_s: float = 20.0) -> Path:
+    """Fetch the backbone's torchvision checkpoint into the torch hub cache (progress bar on stderr, sha256
+    prefix of the file name checked), or raise the one-line ``MissingWeightsError`` naming what to fetch."""
+    import socket
+
+    url = _BACKBONES[_backbone(cfg)][1]
+    target = hub_weights_path(cfg)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # an unreachable host fails in seconds instead of hanging
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=_hash_prefix(url), progress=True)
+    except (OSError, RuntimeError, ValueError) as err:  # URLError, timeouts, a hash mismatch
+        target.unlink(missing_ok=True)
+        text = str(getattr(err, "reason", None) or err).strip().splitlines()
+        raise _missing_weights_error(cfg, target, (text[0] if text else type(err).__name__)[:160]) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return target
+
+
+def _hash_prefix(url: str) -> str | None:
+    match = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(url))
+    return match.group(1) if match else None
+
+
+def check_perceptual_weights(cfg: PerceptualConfig, download: bool = True) -> None:
+    """Make sure the configured perceptual term's pretrained weights are on disk: a pinned ``weights_path`` must
+    exist; the hub cache's file is downloaded the first time (``download``). Raises ``MissingWeightsError``.
 
     A term that is off (``kind: none`` or ``weight: 0``) or uses a random backbone needs none.
     """
     if cfg.kind == "none" or cfg.weight == 0 or not cfg.pretrained:
         return
     path = perceptual_weights_path(cfg)
-    if not path.is_file():
+    if path.is_file():
+        return
+    if cfg.weights_path or not download:
         raise _missing_weights_error(cfg, path)
+    download_weights(cfg)
 
 
 def _load_features(
@@ -135,7 +170,9 @@ class PerceptualLoss(nn.Module):
             raise ValueError("PerceptualLoss needs loss.perceptual.kind=vgg or lpips (got none)")
         path = perceptual_weights_path(cfg)
         if cfg.pretrained and not path.is_file():
-            raise _missing_weights_error(cfg, path)
+            if cfg.weights_path:
+                raise _missing_weights_error(cfg, path)
+            download_weights(cfg)
         state = torch.load(path, map_location="cpu", weights_only=True) if cfg.pretrained else None
         self.kind = cfg.kind
         self.frames = cfg.frames

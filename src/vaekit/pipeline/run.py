@@ -23,6 +23,7 @@ from vaekit.data.user import LoaderBatches, LoaderSource, from_python
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.checkpoint import CheckpointManager, GeneratorState, RNGState
 from vaekit.engine.ema import EMA
+from vaekit.engine.finetune import Finetuner, GatherBeforeSave
 from vaekit.engine.loop import Trainer
 from vaekit.engine.plan import Plan
 from vaekit.engine.rundir import new_run_dir, prepare_run_dir
@@ -31,6 +32,7 @@ from vaekit.engine.updates import build_update
 from vaekit.errors import ConfigError, VaekitError
 from vaekit.models import build_discriminator, build_model, count_parameters, model_summary
 from vaekit.models.adapter import as_vae, export_module
+from vaekit.models.diffusers import DiffusersVAE, save_diffusers
 from vaekit.objectives import DiscriminatorObjective, VAEObjective
 from vaekit.pipeline.stages import Stage, StageClock, resolve_stages
 from vaekit.tracking.plots import plot_curves
@@ -62,7 +64,8 @@ class Pipeline:
                  run_dir: Path | None = None, resume: bool = False, hooks: list[Any] | None = None) -> None:
         self.cfg, self.python_data, self.resume = cfg, data, resume
         self.stages = resolve_stages(cfg)
-        self.rt = rt = Runtime(cfg.train.precision, cfg.train.deterministic, cfg.train.timeout_s)
+        self.rt = rt = Runtime(cfg.train.precision, cfg.train.deterministic, cfg.train.timeout_s,
+                               strategy=cfg.train.strategy)
         self._cache: dict[str, DataBundle] = {}
         # model and discriminator: built once from the first stage's data, seeded, identical on every rank
         set_seed(cfg.run.seed, deterministic=cfg.train.deterministic)
@@ -108,7 +111,13 @@ class Pipeline:
 
     def _register(self, m: CheckpointManager) -> None:
         t = self.trainer
-        m.register("module", "model", export_module(self.model))
+        self.tuner = Finetuner(export_module(self.model))  # the model's weights, LoRA adapters included
+        m.register("module", "model", self.tuner)
+        if self.rt.strategy == "fsdp" and self.rt.world > 1:  # sharded weights are gathered before each save
+            if getattr(self.model, "config", {}).get("arch") in (None, "custom"):
+                raise ConfigError("train.strategy=fsdp: a module passed from Python cannot be rebuilt for the "
+                                  "export; use train.strategy=ddp (or model.arch=diffusers / a built-in arch)")
+            m.register("local", "fsdp_gather", GatherBeforeSave(self.tuner, m.shared))
         if self.disc is not None:
             m.register("module", "discriminator", self.disc)
         if self.ema is not None:
@@ -227,12 +236,16 @@ class Pipeline:
         if not resuming:
             st.frozen = sorted(stage.frozen_groups(set(st.frozen)))
         self._freeze(st.frozen)
+        self._finetune(stage)
+        # FSDP replaces the parameters with sharded ones: the optimizer is built on the wrapped model's
+        forward = rt.wrap(self.model, compile=cfg.train.compile)
         updates = {}
         enc, dec = self.model.encoder, self.model.decoder
         groups = {"encoder": list(enc.parameters()), "decoder": list(dec.parameters()),
                   "other": list(self.model.parameters())}
         gen = build_update("generator", groups, cfg.optim, total, rt)
         if gen is not None:
+            gen.sharded = self.model if rt.strategy == "fsdp" and rt.world > 1 else None
             updates["generator"] = gen
         d_objective = None
         if stage.adversarial and self.disc is not None:
@@ -246,7 +259,6 @@ class Pipeline:
         with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
             torch.manual_seed(cfg.run.seed + 104729)
             objective = VAEObjective(cfg.loss).to(rt.device)
-        forward = rt.wrap(self.model, compile=cfg.train.compile)
         disc_forward = rt.wrap(self.disc) if d_objective is not None else None
         return Plan(stage.name, stage.index, cfg, data, train_loader, val_loader, objective, d_objective, updates,
                     clock, self.model, forward, disc_forward, self._train_mode, lambda s: self._desc(stage, s))
@@ -343,14 +355,18 @@ class Pipeline:
         """Evaluate the test split, export weights (EMA when enabled), write summary.json and curves.png."""
         t = self.trainer
         test = self._test_metrics()
+        full = self._gather_if_sharded()
         t.rt.wait()
         if not self.rt.is_main:
             return {}
-        export = export_module(t.eval_model())
+        export = export_module(t.eval_model()) if full is None else full
         model_cfg = getattr(t.eval_model(), "config", {})
         meta = {"config": model_cfg, "vaekit_config": self.cfg.model_dump(mode="json")}
+        self._export_finetuned(export)
         ckpt.save_weights(export, self.run_dir / "model.safetensors", metadata=meta)
         (self.run_dir / "model_config.json").write_text(json.dumps(model_cfg, indent=1))
+        if isinstance(t.eval_model(), DiffusersVAE):
+            save_diffusers(export, self.run_dir / "diffusers")
         records = t.tracker.records
         last_val = next((r for r in reversed(records) if r["split"] == "val"), {})
         last_train = next((r for r in reversed(records) if r["split"] == "train" and r.get("kind") == "epoch"), {})
@@ -368,6 +384,7 @@ class Pipeline:
             "data": self.info.description,
             "checkpoint": str(ckpt.latest_checkpoint(self.run_dir / "checkpoints")),
             "model": str(self.run_dir / "model.safetensors"),
+            **self._export_paths(),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         if self.cfg.log.plots:
@@ -392,6 +409,49 @@ class Pipeline:
             objective = VAEObjective(stage.cfg.loss).to(self.rt.device)
         return Plan(stage.name, stage.index, stage.cfg, data, None, None, objective, None, {}, None, self.model,
                     self.model, None, self._train_mode, lambda s: "")
+
+
+    # ---------------------------------------------------------------------------------- finetune
+    def _finetune(self, stage: Stage) -> None:
+        """The stage's finetune mode: inject / merge LoRA adapters, then leave only its parameters trainable."""
+        st = self.trainer.state
+        owner = self.stages[st.stage_index]  # the stage the current (or checkpointed) adapters belong to
+        self.tuner.apply(stage.cfg.finetune, owner.cfg.finetune, save=lambda: self._save_adapters(owner.name))
+        self._freeze(st.frozen)  # adapters injected just now obey the freeze list too
+        self.tuner.restrict(self.model, stage.cfg.finetune.mode)
+
+    def _save_adapters(self, stage_name: str) -> None:
+        if self.rt.is_main:
+            self.tuner.save_adapters(self.run_dir / "lora" / stage_name)
+
+    def _gather_if_sharded(self) -> nn.Module | None:
+        """FSDP: the full weights (collective) in a fresh unsharded copy of the module on the main process."""
+        if not (self.rt.strategy == "fsdp" and self.rt.world > 1):
+            return None
+        state = self.tuner.gather()
+        self.tuner.gathered = None
+        if not self.rt.is_main:
+            return None
+        config = dict(getattr(self.model, "config", {}))
+        from vaekit.models import build_model_from_config
+
+        fresh = export_module(build_model_from_config(config))
+        fresh.load_state_dict(state)
+        return fresh
+
+    def _export_finetuned(self, export: nn.Module) -> None:
+        """Adapters still present at the end: written alone, then merged, so the exports hold plain weights."""
+        if self.tuner.lora is not None and export is self.tuner.module:
+            self._save_adapters(self.stages[self.trainer.state.stage_index].name)
+            self.tuner.merge()
+
+    def _export_paths(self) -> dict[str, Any]:
+        paths: dict[str, Any] = {}
+        if (self.run_dir / "diffusers").is_dir():
+            paths["diffusers"] = str(self.run_dir / "diffusers")
+        if (self.run_dir / "lora").is_dir():
+            paths["lora"] = sorted(str(p) for p in (self.run_dir / "lora").iterdir() if p.is_dir())
+        return paths
 
 
 def _metrics_only(record: dict[str, Any]) -> dict[str, float]:

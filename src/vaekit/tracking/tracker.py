@@ -1,6 +1,7 @@
 """Where metrics go: ``metrics.jsonl``, TensorBoard, optional W&B / MLflow, and the console.
 
-Only the main process writes. Every record is a flat dict with ``step``, ``epoch``, ``stage``, ``split`` and the
+Only the main process writes. W&B and MLflow runs are created once per vaekit run; their ids are kept in
+``{run_dir}/trackers.json`` so ``--resume`` continues the same tracker runs. Every record is a flat dict with ``step``, ``epoch``, ``stage``, ``split`` and the
 loss terms; TensorBoard tags are ``{split}/{term}``, grouped under ``{stage}/`` when the run has several stages.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from vaekit.config.schema import LogConfig
+from vaekit.errors import ConfigError
 
 META = ("step", "epoch", "stage", "stage_index", "split", "time", "kind")
 
@@ -51,15 +54,13 @@ class Tracker:
 
             purge = resume_step + 1 if resume_step is not None else None  # drop events logged after the checkpoint
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+        ids = _read_ids(run_dir) if resume_step is not None else {}
         if cfg.wandb:
-            import wandb  # optional dependency: pip install vaekit[wandb]
-
-            self._wandb = wandb.init(dir=str(run_dir), config=config, name=run_dir.name, resume="allow")
+            self._wandb = WandbLogger(run_dir, cfg, config, ids.get("wandb"))
         if cfg.mlflow:
-            import mlflow  # optional dependency: pip install vaekit[mlflow]
-
-            mlflow.start_run(run_name=run_dir.name)
-            self._mlflow = mlflow
+            self._mlflow = MlflowLogger(run_dir, cfg, config, ids.get("mlflow"))
+        if self._wandb is not None or self._mlflow is not None:
+            _write_ids(run_dir, {k: t.ids for k, t in (("wandb", self._wandb), ("mlflow", self._mlflow)) if t})
 
     def _truncate(self, step: int, count: int | None) -> None:
         """On resume: keep exactly the records written before the checkpoint (the first ``count``; by step when
@@ -101,10 +102,9 @@ class Tracker:
             for key, value in scalars.items():
                 self._tb.add_scalar(self._tag(record, key), value, record["step"])
         if self._wandb is not None:
-            self._wandb.log({self._tag(record, k): v for k, v in scalars.items()}, step=record["step"])
+            self._wandb.scalars({self._tag(record, k): v for k, v in scalars.items()}, record["step"])
         if self._mlflow is not None:
-            clean = {self._tag(record, k).replace("/", "."): v for k, v in scalars.items() if math.isfinite(v)}
-            self._mlflow.log_metrics(clean, step=record["step"])
+            self._mlflow.scalars({self._tag(record, k): v for k, v in scalars.items()}, record["step"])
 
     def image(self, tag: str, img: torch.Tensor, step: int) -> None:
         """An image (3, H, W) in [0, 1] to TensorBoard / W&B."""
@@ -112,10 +112,9 @@ class Tracker:
             return
         if self._tb is not None:
             self._tb.add_image(tag, img, step)
-        if self._wandb is not None:
-            import wandb
-
-            self._wandb.log({tag: wandb.Image(img.permute(1, 2, 0).numpy())}, step=step)
+        for logger in (self._wandb, self._mlflow):
+            if logger is not None:
+                logger.image(tag, img, step)
 
     def audio(self, tag: str, wave: torch.Tensor, step: int, sample_rate: int) -> None:
         """A waveform (C, L) in [-1, 1] to TensorBoard (first channel)."""
@@ -126,19 +125,129 @@ class Tracker:
         if self._tb is not None:
             self._tb.flush()
 
-    def close(self) -> None:
+    def close(self, failed: bool | None = None) -> None:
+        """Close every sink. ``failed`` (default: whether an exception is propagating) marks the W&B / MLflow
+        run as failed (interrupted runs too: they are resumed into the same tracker run)."""
+        if failed is None:
+            failed = sys.exc_info()[0] is not None
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-        if self._wandb is not None:
-            self._wandb.finish()
-            self._wandb = None
-        if self._mlflow is not None:
-            self._mlflow.end_run()
-            self._mlflow = None
+        for name in ("_wandb", "_mlflow"):
+            logger = getattr(self, name)
+            if logger is not None:
+                setattr(self, name, None)
+                logger.close(failed)
+
+
+TRACKERS_FILE = "trackers.json"
+
+
+def _read_ids(run_dir: Path) -> dict[str, Any]:
+    try:
+        ids = json.loads((run_dir / TRACKERS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return ids if isinstance(ids, dict) else {}
+
+
+def _write_ids(run_dir: Path, ids: dict[str, Any]) -> None:
+    tmp = run_dir / (TRACKERS_FILE + ".tmp")
+    tmp.write_text(json.dumps({**_read_ids(run_dir), **ids}, indent=1))
+    tmp.replace(run_dir / TRACKERS_FILE)
+
+
+def _import(name: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(f"log.{name}: true needs the {name} package: pip install 'vaekit[{name}]'") from None
+
+
+class WandbLogger:
+    """A W&B run (``log.wandb``): offline runs write under ``{run_dir}/wandb``; a resumed vaekit run continues the
+    W&B run whose id ``trackers.json`` holds (``resume="must"``; offline, ``wandb sync`` joins the pieces)."""
+
+    def __init__(self, run_dir: Path, cfg: LogConfig, config: dict[str, Any], saved: dict[str, Any] | None) -> None:
+        self.wandb = _import("wandb")
+        kwargs: dict[str, Any] = {"dir": str(run_dir), "config": config, "name": run_dir.name,
+                                  "project": cfg.wandb_project or os.environ.get("WANDB_PROJECT") or "vaekit"}
+        if cfg.wandb_mode is not None:
+            kwargs["mode"] = cfg.wandb_mode
+        if saved and saved.get("id"):
+            kwargs.update(id=saved["id"], resume="must")
+        self.run = self.wandb.init(**kwargs)
+        self.ids = {"id": self.run.id, "project": kwargs["project"], "mode": cfg.wandb_mode}
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.run.log(values, step=step)
+
+    def image(self, tag: str, img: torch.Tensor, step: int) -> None:
+        self.run.log({tag: self.wandb.Image(img.permute(1, 2, 0).numpy())}, step=step)
+
+    def close(self, failed: bool) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+class MlflowLogger:
+    """An MLflow run (``log.mlflow``) through ``MlflowClient`` (no process-global active run): the tracking URI is
+    ``log.mlflow_uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite store ``{run_dir}/mlflow.db`` with artifacts in
+    ``{run_dir}/mlartifacts``. Scalars are
+    metrics named ``{split}.{term}``; images are artifacts ``{tag}/step_XXXXXXXX.png``; a resumed vaekit run
+    continues the MLflow run whose id ``trackers.json`` holds."""
+
+    def __init__(self, run_dir: Path, cfg: LogConfig, config: dict[str, Any], saved: dict[str, Any] | None) -> None:
+        _import("mlflow")
+        from mlflow.tracking import MlflowClient
+
+        local = not (cfg.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        # MLflow 3 keeps its file store in maintenance mode: the local default is a SQLite store in the run dir
+        uri = cfg.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.client = MlflowClient(tracking_uri=uri)
+        if saved and saved.get("run_id"):
+            self.run_id = saved["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            exp = self.client.get_experiment_by_name(cfg.mlflow_experiment)
+            artifacts = (run_dir / "mlartifacts").resolve().as_uri() if local else None
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                cfg.mlflow_experiment, artifact_location=artifacts)
+            self.run_id = self.client.create_run(exp_id, run_name=run_dir.name).info.run_id
+            from mlflow.entities import Param
+
+            params = [Param(k, str(v)[:500]) for k, v in _flat(config).items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+        self.ids = {"run_id": self.run_id, "tracking_uri": uri}
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k.replace("/", "."), float(v), now, step) for k, v in values.items() if math.isfinite(v)]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def image(self, tag: str, img: torch.Tensor, step: int) -> None:
+        array = (img.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        self.client.log_image(self.run_id, array, artifact_file=f"{tag}/step_{step:08d}.png")
+
+    def close(self, failed: bool) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
 
 
 class Console:
