@@ -123,7 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "export":
-        from vaekit.engine.export import export_run
+        from vaekit.pipeline.export import export_run
 
         print(export_run(args.run_dir, args.format, args.checkpoint, args.out))
         return 0
