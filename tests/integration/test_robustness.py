@@ -8,6 +8,7 @@ subprocesses, files damaged on disk. The tiny config has 360 training samples an
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import tiny_tree
+from PIL import Image
 from safetensors.torch import load_file
 
 import vaekit
@@ -455,3 +458,229 @@ def test_identical_runs_export_byte_identical_weights(tmp_path: Path, monkeypatc
         files.append([tmp_path / where / run / f for f in ("model.safetensors", "checkpoints/step_00000006/model.safetensors")])
     for a, b in zip(*files, strict=True):
         assert a.read_bytes() == b.read_bytes(), a
+
+
+# ----------------------------------------------------------------------- 11. paths that cannot work
+def test_run_dir_under_a_regular_file_is_one_line(tmp_path: Path, capsys) -> None:
+    # tests run as root, for whom chmod blocks nothing; a path through a regular file fails for everyone
+    (tmp_path / "file").write_text("not a directory")
+    tree = tiny_tree(tmp_path / "file" / "sub", "r", train={"max_steps": 2})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("vaekit: run error: run.dir: cannot create or write "), lines
+    assert str(tmp_path / "file" / "sub" / "r") in lines[0] and "Not a directory" in lines[0]
+
+
+@pytest.mark.parametrize("target", ["text-file", "empty-dir"])
+def test_init_from_something_that_is_not_weights_is_one_line(tmp_path: Path, capsys, target: str) -> None:
+    if target == "text-file":
+        source = tmp_path / "model.safetensors"
+        source.write_text("these are not weights\n")
+    else:
+        source = tmp_path / "empty-run"
+        source.mkdir()
+    stages = [{"name": "warm", "steps": 2, "init_from": str(source)}]
+    tree = tiny_tree(tmp_path / "runs", "r", stages=stages)
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("vaekit: config error: init_from: "), lines
+    assert str(source) in lines[0]
+
+
+def test_stage_name_with_a_slash_is_refused_by_the_cli(tmp_path: Path, capsys) -> None:
+    tree = tiny_tree(tmp_path / "runs", "r", stages=[{"name": "a/b", "steps": 2}])
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("vaekit: config error: stages.0.name: 'a/b' is invalid"), lines
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------- 14. read-only and full disks
+def _fail_at_checkpoint(monkeypatch: pytest.MonkeyPatch, n: int, before: Any) -> None:
+    """Run ``before(manager)`` just before the n-th checkpoint is written."""
+    original, count = CheckpointManager.save, [0]
+
+    def save(self: CheckpointManager, step: int, train_state: dict[str, Any]) -> Any:
+        count[0] += 1
+        if count[0] == n:
+            before(self)
+        return original(self, step, train_state)
+
+    monkeypatch.setattr(CheckpointManager, "save", save)
+
+
+def _check_last_checkpoint_survived(run: Path, line: str, step: int, capsys) -> None:
+    last = complete(run)[-1]
+    assert step_of(last) == step and f"the last complete checkpoint is {last}" in line, line
+    assert not [p for p in checkpoint_dirs(run) if "." in p.name], checkpoint_dirs(run)  # no .tmp left
+    assert_loadable(last)
+
+
+def test_read_only_checkpoint_directory_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    ckpts = tmp_path / "runs" / "r" / "checkpoints"
+    try:
+        # the immutable flag stops root too (chmod does not)
+        _fail_at_checkpoint(monkeypatch, 2, lambda m: subprocess.run(["chattr", "+i", str(m.dir)], check=True))
+        probe = tmp_path / "probe"
+        probe.mkdir()
+        if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        subprocess.run(["chattr", "-i", str(probe)], check=True)
+        tree = tiny_tree(tmp_path / "runs", "r", train={"max_steps": 12, "ckpt_every": 4})
+        code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    finally:
+        if ckpts.is_dir():
+            subprocess.run(["chattr", "-i", str(ckpts)], check=False)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(
+        f"vaekit: run error: cannot write checkpoint step_00000008 in run directory {str(ckpts.parent)!r} "
+        "(Operation not permitted"
+    ), lines
+    _check_last_checkpoint_survived(ckpts.parent, lines[0], 4, capsys)
+    monkeypatch.undo()
+    code, _ = run_cli(["train", "--resume", str(ckpts.parent)], capsys)  # space again: it resumes and finishes
+    assert code == 0 and (ckpts.parent / "model.safetensors").is_file()
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    real_save = torch.save
+
+    def no_space(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+
+    _fail_at_checkpoint(monkeypatch, 2, lambda m: monkeypatch.setattr(torch, "save", no_space))
+    tree = tiny_tree(tmp_path / "runs", "r", train={"max_steps": 12, "ckpt_every": 4})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    monkeypatch.setattr(torch, "save", real_save)
+    run = tmp_path / "runs" / "r"
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(
+        f"vaekit: run error: cannot write checkpoint step_00000008 in run directory {str(run)!r} "
+        f"(No space left on device: {run / 'checkpoints' / 'step_00000008.tmp' / 'optim.pt'})"
+    ), lines
+    _check_last_checkpoint_survived(run, lines[0], 4, capsys)
+
+
+def test_full_disk_at_the_final_export_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    real = ckpt_mod.save_file
+
+    def save_file(tensors: Any, filename: str, metadata: Any = None) -> None:
+        if Path(filename).name == "model.safetensors.tmp":  # the export, not a checkpoint
+            Path(filename).write_bytes(b"\x00" * 10)  # a partial file, as a full disk leaves
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(ckpt_mod, "save_file", save_file)
+    tree = tiny_tree(tmp_path / "runs", "r", train={"max_steps": 6})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    run = tmp_path / "runs" / "r"
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(
+        f"vaekit: run error: cannot write {run / 'model.safetensors'} in run directory {str(run)!r} "
+        "(No space left on device); the last complete checkpoint is "
+    ), lines
+    assert not (run / "model.safetensors").exists() and not (run / "model.safetensors.tmp").exists()
+    assert_loadable(complete(run)[-1])
+    monkeypatch.setattr(ckpt_mod, "save_file", real)
+    code, _ = run_cli(["train", "--resume", str(run)], capsys)  # space again: the resume exports
+    assert code == 0 and (run / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------- 13. data workers
+def _image_folder(root: Path, n: int = 40, corrupt: int | None = 3) -> tuple[Path, Path | None]:
+    """``n`` 24×24 PNGs; file ``corrupt`` keeps a valid header (it passes the scan) and loses its pixel data."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    bad = None
+    for i in range(n):
+        path = root / f"img{i:03d}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(path)
+        if i == corrupt:
+            path.write_bytes(path.read_bytes()[:60])  # signature and IHDR intact, IDAT cut
+            bad = path
+    return root, bad
+
+
+def _image_tree(tmp_path: Path, images: Path, **data: Any) -> dict[str, Any]:
+    # 40 files, val_fraction 0.2: 32 train (4 batches of 8, none dropped) and 8 val: every file is read
+    return tiny_tree(
+        tmp_path / "runs", "img",
+        data={"source": "image_folder", "path": str(images), "image_size": 16, "in_memory": "never",
+              "val_fraction": 0.2, "num_samples": None, **data},
+        train={"batch_size": 8, "max_steps": 8, "val_batches": 1},
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_read_by_a_worker_is_the_same_one_line_as_in_the_main_process(tmp_path: Path, workers: int) -> None:
+    images, bad = _image_folder(tmp_path / "images")
+    cfg = write_config(tmp_path / "cfg.yaml", _image_tree(tmp_path, images, num_workers=workers))
+    proc = subprocess.run([sys.executable, "-m", "vaekit", "train", str(cfg)], capture_output=True, text=True,
+                          timeout=240, env=CHILD_ENV)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "worker" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("vaekit:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"vaekit: data error: {bad}: cannot decode image ("), lines
+
+
+def test_worker_message_unwraps_torchs_exception_wrapper() -> None:
+    from torch.utils.data._utils import ExceptionWrapper
+
+    from vaekit.data.loader import worker_message
+    from vaekit.errors import DataError
+
+    try:
+        raise DataError("/data/x.png: cannot decode image (broken data stream)")
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 1")
+    with pytest.raises(DataError) as caught:
+        wrapped.reraise()
+    assert "Traceback" in str(caught.value)
+    assert worker_message(str(caught.value)) == "/data/x.png: cannot decode image (broken data stream)"
+    assert worker_message("plain message") == "plain message"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skipped_streamed_images_are_warned_about_and_counted(tmp_path: Path, workers: int) -> None:
+    images, bad = _image_folder(tmp_path / "images")
+    (images / "garbage.png").write_bytes(b"not an image at all")  # found by the scan: counted in info.skipped
+    cfg = write_config(tmp_path / "cfg.yaml", _image_tree(tmp_path, images, num_workers=workers, on_error="skip",
+                                                           num_samples=None))
+    proc = subprocess.run([sys.executable, "-m", "vaekit", "train", str(cfg)], capture_output=True, text=True,
+                          timeout=240, env=CHILD_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = proc.stderr
+    assert "Traceback" not in err, err[-3000:]
+    assert f"skipped 1 unreadable image(s) (data.on_error=skip): {images / 'garbage.png'}" in err
+    assert "1 skipped" in next(line for line in err.splitlines() if line.startswith("data: "))
+    warned = [line for line in err.splitlines() if str(bad) in line]
+    assert warned and all(line.startswith(f"warning: skipping unreadable image {bad}") for line in warned), err
+
+
+def test_skipped_video_clip_is_warned_about_once_per_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from vaekit.data.video import VideoClipSource, VideoItem
+
+    frames = []
+    for i in range(4):
+        path = tmp_path / "clip" / f"f{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(path)
+        frames.append(path)
+    frames[1].write_bytes(frames[1].read_bytes()[:40])  # a frame that no longer decodes
+    good = [tmp_path / "clip" / "f0.png", tmp_path / "clip" / "f2.png", tmp_path / "clip" / "f3.png"]
+    videos = [VideoItem(tmp_path / "clip", 4, frame_files=tuple(frames)), VideoItem(tmp_path / "ok", 3, frame_files=tuple(good))]
+    source = VideoClipSource(videos, [(0, 0), (1, 0)], frames=2, stride=1, size=8, channels=3, random_start=False,
+                             skip_errors=True)
+    with caplog.at_level(logging.WARNING, logger="vaekit.data.video"):
+        for _ in range(3):
+            assert source[0]["x"].shape == (3, 2, 8, 8)  # the next readable clip in its place
+    warned = [r.getMessage() for r in caplog.records if "skipping unreadable clip" in r.getMessage()]
+    assert len(warned) == 1 and str(tmp_path / "clip") in warned[0] and "data.on_error=skip" in warned[0], warned
+    assert source.skipped == {tmp_path / "clip"}
