@@ -8,6 +8,7 @@ subprocesses, files damaged on disk. The tiny config has 360 training samples an
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -684,3 +686,52 @@ def test_skipped_video_clip_is_warned_about_once_per_file(tmp_path: Path, caplog
     warned = [r.getMessage() for r in caplog.records if "skipping unreadable clip" in r.getMessage()]
     assert len(warned) == 1 and str(tmp_path / "clip") in warned[0] and "data.on_error=skip" in warned[0], warned
     assert source.skipped == {tmp_path / "clip"}
+
+
+# ------------------------------------------------------------------------- 15. a process that stops
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stopped_process_fails_the_other_within_the_timeout_in_one_line(tmp_path: Path) -> None:
+    tree = tiny_tree(tmp_path / "runs", "ddp", optim={"name": "sgd", "lr": 1e-4},
+                     train={"max_steps": 100000, "ckpt_every": 5, "timeout_s": 10}, log={"every": 5})
+    cfg, run = write_config(tmp_path / "cfg.yaml", tree), tmp_path / "runs" / "ddp"
+    log = tmp_path / "torchrun.err"
+    with open(log, "w") as fh:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+             str(_free_port()), "-m", "vaekit", "train", str(cfg)],
+            stdout=subprocess.DEVNULL, stderr=fh, env=CHILD_ENV, cwd=tmp_path,
+        )
+    workers: dict[int, psutil.Process] = {}
+    try:
+        wait_for(lambda: bool(complete(run)), 180, "the first checkpoint", launcher, log)
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            rank = child.environ().get("RANK")
+            if rank is not None and child.environ().get("LOCAL_RANK") is not None:
+                workers[int(rank)] = child
+        assert sorted(workers) == [0, 1], workers
+        workers[1].send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        workers[0].wait(timeout=90)  # gloo gives up after train.timeout_s; one line; the process exits
+        waited = time.monotonic() - stopped_at
+        workers[1].send_signal(signal.SIGKILL)
+        launcher.wait(timeout=60)
+    finally:
+        for proc in workers.values():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        stop(launcher)
+    assert waited < 60, waited
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("vaekit:")]
+    assert len(lines) == 1, text[-3000:]
+    last = complete(run)[-1]
+    assert lines[0].startswith("vaekit: run error: a process did not respond within train.timeout_s=10 ("), lines
+    assert lines[0].endswith(f"the last complete checkpoint is {last}"), lines
+    assert f'{SRC / "vaekit"}' not in text, text[-3000:]  # no traceback through vaekit's code
+    assert_loadable(last)
+    assert (last / "rng_rank1.pt").is_file()

@@ -315,6 +315,9 @@ class Pipeline:
                     continue
                 t.fit(self.plan(stage, resuming), resuming)
             summary = self._finish()
+        except RuntimeError as err:
+            self.rt.check_collective_failure(err, lambda: ckpt.latest_checkpoint(self.run_dir / "checkpoints"))
+            raise
         finally:
             t.console.close()
             t.tracker.close()
