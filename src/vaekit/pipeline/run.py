@@ -147,11 +147,13 @@ class Pipeline:
             try:
                 lock = prepare_run_dir(run_dir, resume, cfg.run.overwrite)
                 try:
-                    (run_dir / "samples").mkdir(exist_ok=True)
-                    if not resume:
-                        (run_dir / "config.yaml").write_text(dump_config(cfg))
+                    if not resume:  # first, and whole (a killed start leaves no half config behind)
+                        tmp = run_dir / "config.yaml.tmp"
+                        tmp.write_text(dump_config(cfg))
+                        tmp.replace(run_dir / "config.yaml")
                         if self.info.meta:
                             (run_dir / "data_meta.json").write_text(json.dumps(self.info.meta, indent=1))
+                    (run_dir / "samples").mkdir(exist_ok=True)
                 except OSError as err:
                     lock.release()
                     raise RunDirError(f"run.dir: cannot write into {str(run_dir)!r} ({err.strerror or err})") from None
