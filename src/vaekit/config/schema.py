@@ -410,7 +410,7 @@ class TrainConfig(Section):
     """A non-finite loss: stop (naming step and term, last checkpoint kept) or skip the batch (counted)."""
     nan_skip_limit: float = Field(0.5, gt=0.0, le=1.0)
     """With ``nan_policy: skip``: stop (exit 3) once more than this fraction of the steps were skipped."""
-    timeout_s: float = Field(600.0, gt=0.0, le=86400.0)
+    timeout_s: float = Field(300.0, gt=0.0, le=86400.0)
     """Collective timeout between processes: a rank that stops responding fails the others after this long."""
     ema: EMAConfig = Field(default_factory=EMAConfig)
     compile: bool = False

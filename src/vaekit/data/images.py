@@ -122,6 +122,8 @@ class ImageFolderSource(FileSource):
         self.random_crop = random_crop
         self.flip = flip
         self.skip_errors = skip_errors
+        self.skipped: set[Path] = set()
+        """Files found unreadable while streaming (``data.on_error=skip``), in this process."""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -133,10 +135,13 @@ class ImageFolderSource(FileSource):
             try:
                 img = load_image(path, self.channels)
                 break
-            except DataError:
+            except DataError as err:
                 if not self.skip_errors:
                     raise
-                logger.warning("skipping unreadable image %s (data.on_error=skip)", path)
+                if path not in self.skipped:  # once per file and process (each DataLoader worker warns for itself)
+                    self.skipped.add(path)
+                    logger.warning("warning: skipping unreadable image %s (data.on_error=skip; the next readable "
+                                   "image takes its place): %s", path, err)
         else:
             raise DataError(f"{self.paths[0].parent}: no readable image left")
         img = resize_and_crop(img, self.size, g if self.random_crop else None)

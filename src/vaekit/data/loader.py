@@ -17,6 +17,7 @@ batch sampler is this rank's list of index lists, so the order never depends on 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from vaekit.data.base import ArraySource, FileSource, Source
+from vaekit.errors import DataError
 
 
 class BatchLoader:
@@ -139,9 +141,31 @@ class BatchLoader:
         )
         it = iter(loader)
         for b in lists:
-            yield next(it) if b else self._empty_batch(source)
+            try:
+                yield next(it) if b else self._empty_batch(source)
+            except DataError as err:  # from a worker, the message carries the worker's traceback
+                raise DataError(worker_message(str(err))) from None
 
     @staticmethod
     def _empty_batch(source: FileSource) -> dict[str, Tensor]:
         sample = source[0]
         return {k: v.new_zeros((0, *v.shape)) for k, v in sample.items()}
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?DataError: ")
+
+
+def worker_message(text: str) -> str:
+    """The original one-line message of a ``DataError`` re-raised from a DataLoader worker.
+
+    torch re-raises a worker's exception as ``DataError("Caught DataError in DataLoader worker process 0.\n
+    Original Traceback ...\nvaekit.errors.DataError: <message>")``; the message is what follows the last
+    exception line. Text that is not such a wrapper comes back unchanged.
+    """
+    if not text.startswith("Caught "):
+        return text
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if _EXCEPTION_LINE.match(lines[i]):
+            return " ".join([lines[i].split(": ", 1)[1], *lines[i + 1 :]]).strip()
+    return text

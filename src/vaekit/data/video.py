@@ -331,6 +331,8 @@ class VideoClipSource(FileSource):
         """(video index, first frame of the slot) per sample."""
         self.frames, self.stride, self.size, self.channels = frames, stride, size, channels
         self.skip_errors = skip_errors
+        self.skipped: set[Path] = set()
+        """Videos found unreadable while streaming (``data.on_error=skip``), in this process."""
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -357,10 +359,13 @@ class VideoClipSource(FileSource):
             video, idx = self.indices((i + k) % len(self.slots))
             try:
                 return {"x": self.load(video, idx)}
-            except DataError:
+            except DataError as err:
                 if not self.skip_errors:
                     raise
-                logger.warning("skipping unreadable video %s (data.on_error=skip)", video.path)
+                if video.path not in self.skipped:  # once per file and process (each DataLoader worker warns)
+                    self.skipped.add(video.path)
+                    logger.warning("warning: skipping unreadable clip of %s (data.on_error=skip; the next readable "
+                                   "clip takes its place): %s", video.path, err)
         raise DataError(f"{self.videos[0].path.parent}: no readable clip left")
 
 

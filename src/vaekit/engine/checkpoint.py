@@ -9,13 +9,19 @@ Layout of ``checkpoints/step_00001234/``:
   ``state.json`` — the train state (step, epoch, position, stage), written last: a directory is complete when it
   has ``state.json``.
 A checkpoint is written to ``step_*.tmp`` and renamed into place; one that replaces a checkpoint of the same step
-first moves the old one aside, so a complete checkpoint of that step exists at every instant. Pruning removes only
-complete checkpoints older than the newest ``keep_last``. Nothing here unpickles arbitrary objects: loading never
-executes code from a checkpoint, and a file that is not what it should be is a one-line ``CheckpointError``.
+first moves the old one aside to ``step_*.old``, which counts as that step's checkpoint until the new one is in
+place, so a complete checkpoint of that step exists at every instant. Pruning renames a doomed checkpoint to
+``step_*.del`` before deleting it and removes only complete checkpoints older than the newest ``keep_last`` (and
+those of steps after the one just written: a resumed run that fell back to an older checkpoint abandons them).
+Loading skips, with a warning, an incomplete or unreadable checkpoint and falls back to the newest good one.
+Nothing here unpickles arbitrary objects: loading never executes code from a checkpoint, and a file that is not
+what it should be is a one-line ``CheckpointError``; a write that fails (read-only or full disk) is a one-line
+``RunDirError`` that leaves the last complete checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -32,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vaekit.errors import CheckpointError
+from vaekit.errors import CheckpointError, RunDirError
 
 CKPT_PREFIX = "step_"
 STATE_FILE = "state.json"
@@ -47,17 +53,46 @@ def checkpoint_name(step: int) -> str:
     return f"{CKPT_PREFIX}{step:08d}"
 
 
+def _parse(path: Path) -> tuple[int, str] | None:
+    """``(step, suffix)`` of a ``step_XXXXXXXX[.suffix]`` name (suffix ``""``, ``tmp``, ``old`` or ``del``)."""
+    if not path.name.startswith(CKPT_PREFIX):
+        return None
+    digits, _, suffix = path.name[len(CKPT_PREFIX) :].partition(".")
+    return (int(digits), suffix) if digits.isdigit() else None
+
+
 def _step_of(path: Path) -> int | None:
-    tail = path.name[len(CKPT_PREFIX) :]
-    return int(tail) if path.name.startswith(CKPT_PREFIX) and tail.isdigit() else None
+    parsed = _parse(path)
+    return parsed[0] if parsed is not None else None
+
+
+def _complete(path: Path) -> bool:
+    return path.is_dir() and (path / STATE_FILE).is_file()
+
+
+def _candidates(ckpt_dir: Path) -> list[Path]:
+    """Every directory that may hold a step's checkpoint, newest first: ``step_X`` (complete or not), then a
+    complete ``step_X.old`` (the previous checkpoint of step X whose replacement was interrupted)."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for path in ckpt_dir.iterdir():
+        parsed = _parse(path)
+        if parsed is None or not path.is_dir():
+            continue
+        if parsed[1] == "" or (parsed[1] == "old" and _complete(path)):
+            found.append((parsed[0], parsed[1] == "old", path))
+    return [p for _, _, p in sorted(found, key=lambda t: (-t[0], t[1]))]
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete checkpoints (those with ``state.json``), oldest first; leftovers of a crash are ignored."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and _step_of(p) is not None and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: _step_of(p) or 0)
+    """Complete checkpoints (those with ``state.json``), one per step, oldest first: ``step_X``, or ``step_X.old``
+    when a replacement of step X was interrupted before ``step_X`` was complete. Crash leftovers are ignored."""
+    chosen: dict[int, Path] = {}
+    for path in reversed(_candidates(ckpt_dir)):  # oldest first, and for one step the .old before step_X
+        if _complete(path):
+            chosen[_step_of(path) or 0] = path
+    return [chosen[k] for k in sorted(chosen)]
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -77,8 +112,13 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
     weights and metadata give identical bytes."""
     meta = {"vaekit": json.dumps(metadata, sort_keys=True)} if metadata else None
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state_dict_for_save(module), str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file(state_dict_for_save(module), str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a full disk keeps no half-written file
+        raise
 
 
 def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -217,71 +257,121 @@ class CheckpointManager:
 
     # save --------------------------------------------------------------------------------------
     def save(self, step: int, train_state: dict[str, Any]) -> Path | None:
-        """Write a complete checkpoint of ``step`` (collective: every process calls it)."""
+        """Write a complete checkpoint of ``step`` (collective: every process calls it).
+
+        Raises:
+            RunDirError: on every process, when the main process could not write it (read-only or full disk);
+                the last complete checkpoint is left as it was.
+        """
         local = {name: obj.state_dict() for name, obj in self.local.items()}
         locals_all = self.gather([local]) if self.world > 1 else [local]
-        final = None
+        final, error = None, None
         if self.is_main:
-            final = self._write(step, locals_all, train_state)
+            try:
+                final = self._write(step, locals_all, train_state)
+            except OSError as err:
+                last = latest_checkpoint(self.dir)
+                error = (
+                    f"cannot write checkpoint {checkpoint_name(step)} in run directory {str(self.dir.parent)!r} "
+                    f"({_os_error(err)}); the last complete checkpoint is {last or 'none'}"
+                )
+        if self.world > 1:  # the others learn of the failure here instead of waiting at the next collective
+            error = next((e for e in self.gather([error]) if e), None)
+        if error:
+            raise RunDirError(error)
         return final
 
     def _write(self, step: int, locals_all: list[dict[str, Any]], train_state: dict[str, Any]) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / checkpoint_name(step)
-        tmp = final.with_name(final.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        for name, module in self.modules.items():
-            save_file(state_dict_for_save(module), str(tmp / f"{name}.safetensors"))
-        torch.save({name: obj.state_dict() for name, obj in self.shared.items()}, tmp / "optim.pt")
-        for rank, local in enumerate(locals_all):
-            torch.save(local, tmp / f"rng_rank{rank}.pt")
-        (tmp / STATE_FILE).write_text(json.dumps(train_state, indent=1))  # last: marks the directory complete
-        _fsync_dir(tmp)
-        old = final.with_name(final.name + ".old")
-        if final.exists():  # re-saving the same step: the old copy stays complete until the new one is in place
-            if old.exists():
+        tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            for name, module in self.modules.items():
+                save_file(state_dict_for_save(module), str(tmp / f"{name}.safetensors"))
+            torch.save({name: obj.state_dict() for name, obj in self.shared.items()}, tmp / "optim.pt")
+            for rank, local in enumerate(locals_all):
+                torch.save(local, tmp / f"rng_rank{rank}.pt")
+            (tmp / STATE_FILE).write_text(json.dumps(train_state, indent=1))  # last: marks the directory complete
+            _fsync_dir(tmp)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if _complete(final):  # re-saving the same step: the old copy counts as step's checkpoint until the new
+            if old.exists():  # one is in place (a complete .old left by an earlier crash is the same step's too)
                 shutil.rmtree(old)
             os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(self.dir)
+        elif final.exists():  # an incomplete directory of this step (damaged): not worth keeping
+            _remove(final)
+        try:
+            os.replace(tmp, final)
+            _fsync_dir(self.dir)
+        except OSError:
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if old.exists():
-            shutil.rmtree(old)
-        self.prune()
+            shutil.rmtree(old, ignore_errors=True)
+        self.prune(step)
         return final
 
-    def prune(self) -> None:
-        """Keep the newest ``keep_last`` complete checkpoints; delete older complete ones and stale leftovers."""
-        complete = list_checkpoints(self.dir)
-        for path in complete[: -self.keep_last]:
-            # rename first: an interrupted delete leaves a leftover that is never mistaken for a checkpoint
-            doomed = path.with_name(path.name + ".del")
-            os.replace(path, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
-        newest = _step_of(complete[-1]) if complete else None
-        for path in self.dir.iterdir():
-            step = _step_of(path)
-            if path.is_dir() and step is None and path.name.startswith(CKPT_PREFIX) and path.suffix in (".del", ".old"):
-                shutil.rmtree(path, ignore_errors=True)
-            elif step is not None and not (path / STATE_FILE).is_file() and newest is not None and step < newest:
-                shutil.rmtree(path, ignore_errors=True)  # incomplete and superseded
+    def prune(self, written: int | None = None) -> None:
+        """Keep the newest ``keep_last`` complete checkpoints; delete older complete ones, those of steps after
+        ``written`` (the step just saved: they belong to a run abandoned at a resume) and crash leftovers. Never
+        raises: a checkpoint that cannot be deleted now is deleted by a later save."""
+        try:
+            complete = list_checkpoints(self.dir)
+            kept = [p for p in complete if written is None or (_step_of(p) or 0) <= written]
+            doomed = kept[: -self.keep_last] + [p for p in complete if p not in kept]
+            for path in doomed:
+                _remove(path)
+            newest = _step_of(kept[-1]) if kept else None
+            for path in self.dir.iterdir():
+                parsed = _parse(path)
+                if parsed is None or not path.is_dir():
+                    continue
+                step, suffix = parsed
+                if suffix == "del" or (suffix == "old" and _complete(self.dir / checkpoint_name(step))):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif newest is not None and step < newest and suffix in ("", "tmp") and not _complete(path):
+                    shutil.rmtree(path, ignore_errors=True)  # incomplete and superseded
+        except OSError:
+            pass
 
     # load --------------------------------------------------------------------------------------
     def load(self, path: Path | None = None, warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
-        """Read the checkpoint at ``path`` (default: the newest complete one that reads back; an unreadable one
-        is skipped with a warning). Returns its train state, or None when there is none."""
-        candidates = [path] if path is not None else list(reversed(list_checkpoints(self.dir)))
+        """Read the checkpoint at ``path`` (default: the newest complete one that reads back on every process;
+        each incomplete or unreadable newer one is skipped with one warning). Returns its train state, or None
+        when the run has no checkpoint directory at all.
+
+        Raises:
+            CheckpointError: ``path`` (or every checkpoint of the run) cannot be read; names the file.
+        """
+        candidates = [path] if path is not None else _candidates(self.dir)
+        first_error = None
         for candidate in candidates:
             try:
-                state = self._read(candidate)
+                state, error = self._read(candidate), None
             except CheckpointError as err:
-                if path is not None:
-                    raise
-                (warn or warnings.warn)(f"warning: skipping checkpoint {candidate.name}: {err}")
-                continue
-            self.loaded_from = candidate
-            return state
+                state, error = None, str(err)
+            if self.world > 1:  # every process resumes from the same checkpoint, or none does
+                error = next((e for e in self.gather([error]) if e), None)
+            if error is None:
+                self.loaded_from = candidate
+                return state
+            if path is not None:
+                raise CheckpointError(error)
+            first_error = first_error or error
+            (warn or warnings.warn)(f"warning: skipping checkpoint {candidate.name}: {error}")
+        self.pending = {}
+        if first_error is not None:
+            raise CheckpointError(
+                f"{first_error}; no checkpoint of this run is readable (move {str(self.dir)!r} away to train the "
+                "run again from the start)"
+            )
         return None
 
     def _read(self, path: Path) -> dict[str, Any]:
@@ -311,6 +401,21 @@ class CheckpointManager:
             for name, obj in list(table.items()):
                 self.register(kind, name, obj)
         return state
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint directory; renamed first, so an interrupted delete leaves a ``.del`` leftover that is
+    never mistaken for a checkpoint."""
+    parsed = _parse(path)
+    doomed = path.with_name(f"{checkpoint_name(parsed[0])}.del" if parsed else path.name + ".del")
+    if doomed.exists():
+        shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _os_error(err: OSError) -> str:
+    return f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -52,15 +52,17 @@ class RunLock:
                 self.fd = None
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, has_checkpoint: bool) -> RunLock:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
     """Create (or reuse) ``run_dir`` and lock it; refuse to replace a trained run unless ``overwrite``.
+
+    What the directory holds is looked at only once the lock is held: a run of the same name that started at the
+    same moment, and has checkpointed since, is never mistaken for a failed one and deleted.
 
     Raises:
         RunDirError: the directory cannot be created or written, or another process owns it.
         ConfigError: it holds a trained run (resume it, or overwrite) or is not a vaekit run directory.
     """
     try:
-        fresh = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(run_dir)
         lock.acquire()
@@ -68,12 +70,13 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, has_checkpoint
         raise
     except OSError as err:
         raise RunDirError(f"run.dir: cannot create or write {str(run_dir)!r} ({err.strerror or err})") from None
-    if resume or fresh:
+    if resume:
         return lock
     others = [p for p in run_dir.iterdir() if p.name != LOCK]
-    if not others:
+    if not others:  # new (or only ever locked): ours
         return lock
-    if has_checkpoint and not overwrite:
+    trained = any((run_dir / "checkpoints").glob("step_*")) or (run_dir / "model.safetensors").exists()
+    if trained and not overwrite:
         lock.release()
         raise ConfigError(
             f"run.name: run directory {str(run_dir)!r} already holds a run; resume it with "
@@ -82,8 +85,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, has_checkpoint
     if not (run_dir / "config.yaml").is_file():
         lock.release()
         raise ConfigError(f"run.name: {str(run_dir)!r} exists and is not a vaekit run directory")
-    for path in others:  # a run that never checkpointed (it failed early), or overwrite=true; the lock stays
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    try:  # a run that never checkpointed (it failed early), or overwrite=true; the lock stays
+        for path in others:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    except OSError as err:
+        lock.release()
+        raise RunDirError(f"run.dir: cannot clear {str(run_dir)!r} ({err.strerror or err})") from None
     return lock
 
 

@@ -5,13 +5,21 @@ freeze (the pipeline) → ``accelerator.prepare_model`` (DDP when several proces
 ``train.strategy=fsdp``) → ``torch.compile``.
 Optimizers are built on the wrapped model's parameters and pass through ``prepare_optimizer`` only under fp16
 (it runs the grad scaler); otherwise the plain optimizer is used, as the wrapper only adds per-step overhead.
+
+Several processes wait for each other in every collective; one that stops (SIGSTOP, a hung data read, a dead
+host) fails the others after ``train.timeout_s``: gloo (CPU) raises in the waiting call, which
+``check_collective_failure`` turns into one line naming the last complete checkpoint. NCCL's watchdog instead aborts
+the process from a C++ thread after the same timeout (its message is printed by torch; nothing to catch).
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import timedelta
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -19,7 +27,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 
-from vaekit.errors import ConfigError
+from vaekit.errors import ConfigError, RunDirError, VaekitError
 from vaekit.utils import tune_cpu_allocator
 
 
@@ -32,7 +40,7 @@ class Runtime:
         timeout_s: collective timeout of the process group (a stopped rank fails the others after this).
     """
 
-    def __init__(self, precision: str, deterministic: bool = False, timeout_s: float = 600.0,
+    def __init__(self, precision: str, deterministic: bool = False, timeout_s: float = 300.0,
                  strategy: str = "ddp") -> None:
         # Accelerate only sets up a CPU process group (gloo) when told the run is on the CPU.
         cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -47,6 +55,7 @@ class Runtime:
         self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu_ddp, kwargs_handlers=handlers,
                                        fsdp_plugin=_fsdp_plugin(strategy, cpu_ddp))
         self.precision = precision
+        self.timeout_s = timeout_s
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
@@ -120,6 +129,37 @@ class Runtime:
 
     def wait(self) -> None:
         self.accelerator.wait_for_everyone()
+
+    def check_collective_failure(self, err: BaseException, last_checkpoint: Callable[[], Any]) -> None:
+        """Raise one line naming ``last_checkpoint()`` if ``err`` is a collective that timed out, or whose peer
+        died (else return, and the caller re-raises ``err``). The process group is then torn down locally, so
+        this process exits with the line instead of aborting in gloo's threads at exit.
+
+        Raises:
+            RunDirError: ``err`` was such a failure.
+        """
+        if self.world == 1 or isinstance(err, VaekitError) or not _collective_failure(err):
+            return
+        with suppress(Exception):
+            torch.distributed.destroy_process_group()
+        raise RunDirError(
+            f"a process did not respond within train.timeout_s={self.timeout_s:g} (stopped, hung or killed: "
+            f"{_first_line(err)}); the last complete checkpoint is {last_checkpoint() or 'none'}"
+        ) from None
+
+
+_COLLECTIVE_FAILURES = ("timed out", "timeout", "connection closed by peer", "connection reset by peer", "broken pipe")
+
+
+def _collective_failure(err: BaseException) -> bool:
+    text = str(err).lower()
+    return any(s in text for s in _COLLECTIVE_FAILURES)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    line = lines[0] if lines else type(err).__name__
+    return re.sub(r"^\[[^\]]*\]\s*", "", line)[:300]  # gloo prefixes its source location: [.../x.cc:78]
 
 
 def _fsdp_plugin(strategy: str, cpu: bool) -> object | None:

@@ -29,7 +29,7 @@ from vaekit.engine.plan import Plan
 from vaekit.engine.rundir import new_run_dir, prepare_run_dir
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.updates import build_update
-from vaekit.errors import ConfigError, VaekitError
+from vaekit.errors import ConfigError, RunDirError, VaekitError
 from vaekit.models import build_discriminator, build_model, count_parameters, model_summary
 from vaekit.models.adapter import as_vae, export_module
 from vaekit.models.diffusers import DiffusersVAE, save_diffusers
@@ -162,29 +162,36 @@ class Pipeline:
         return data
 
     def _run_dir(self, run_dir: Path | None, resume: bool) -> tuple[Path, Any]:
-        """Created and locked by the main process; its path is broadcast so all ranks agree."""
-        path: list[Any] = [None]
+        """Created and locked by the main process; its path (or why it cannot be used) is broadcast, so all ranks
+        agree and none waits for a main process that stopped."""
+        found: list[Any] = [None]
         lock = None
         if self.rt.is_main:
             cfg = self.cfg
             run_dir = run_dir or new_run_dir(Path(cfg.run.dir), cfg.run.name, cfg.data.source, cfg.model.arch)
-            trained = ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
-            lock = prepare_run_dir(run_dir, resume, cfg.run.overwrite, trained)
             try:
-                (run_dir / "samples").mkdir(exist_ok=True)
-                if not resume or (run_dir / "config.yaml").read_text() != dump_config(cfg):
-                    # a resume with overrides (optim.lr, train.max_steps, ...) writes them back: the file always
-                    # says how the run goes on, and the next resume starts from it
-                    (run_dir / "config.yaml").write_text(dump_config(cfg))
-                    if self.info.meta:
-                        (run_dir / "data_meta.json").write_text(json.dumps(self.info.meta, indent=1))
-            except OSError as err:
-                lock.release()
-                raise ConfigError(f"run.dir: cannot write into {str(run_dir)!r} ({err.strerror or err})") from None
-            path = [str(run_dir)]
+                lock = prepare_run_dir(run_dir, resume, cfg.run.overwrite)
+                try:
+                    if not resume or (run_dir / "config.yaml").read_text() != dump_config(cfg):
+                        # first, and whole (a killed start leaves no half config behind); a resume with overrides
+                        # (optim.lr, train.max_steps, ...) writes them back, so the next resume starts from them
+                        tmp = run_dir / "config.yaml.tmp"
+                        tmp.write_text(dump_config(cfg))
+                        tmp.replace(run_dir / "config.yaml")
+                        if self.info.meta:
+                            (run_dir / "data_meta.json").write_text(json.dumps(self.info.meta, indent=1))
+                    (run_dir / "samples").mkdir(exist_ok=True)
+                except OSError as err:
+                    lock.release()
+                    raise RunDirError(f"run.dir: cannot write into {str(run_dir)!r} ({err.strerror or err})") from None
+                found = [str(run_dir)]
+            except VaekitError as err:
+                found = [err]
         if self.rt.world > 1:
-            broadcast_object_list(path)
-        return Path(path[0]), lock
+            broadcast_object_list(found)
+        if isinstance(found[0], VaekitError):
+            raise found[0]
+        return Path(found[0]), lock
 
     # ---------------------------------------------------------------------------------- freezing
     def _module(self, path: str) -> nn.Module:
@@ -344,6 +351,9 @@ class Pipeline:
                     t.state.stage_done = False  # resumed with a longer length (train.max_steps=...): go on
                 t.fit(plan or self.plan(stage, resuming), resuming)
             summary = self._finish()
+        except RuntimeError as err:
+            self.rt.check_collective_failure(err, lambda: ckpt.latest_checkpoint(self.run_dir / "checkpoints"))
+            raise
         finally:
             t.console.close()
             t.tracker.close()
@@ -361,9 +371,17 @@ class Pipeline:
             return {}
         export = export_module(t.eval_model()) if full is None else full
         model_cfg = getattr(t.eval_model(), "config", {})
-        meta = {"config": model_cfg, "vaekit_config": self.cfg.model_dump(mode="json")}
+        meta = {"config": model_cfg, "vaekit_config": _portable(self.cfg)}
         self._export_finetuned(export)
-        ckpt.save_weights(export, self.run_dir / "model.safetensors", metadata=meta)
+        try:
+            ckpt.save_weights(export, self.run_dir / "model.safetensors", metadata=meta)
+        except OSError as err:
+            raise RunDirError(
+                f"cannot write {self.run_dir / 'model.safetensors'} in run directory {str(self.run_dir)!r} "
+                f"({err.strerror or err}); the last complete checkpoint is "
+                f"{ckpt.latest_checkpoint(self.run_dir / 'checkpoints')}: free space and run "
+                f"`vaekit train --resume {self.run_dir}` to export again"
+            ) from None
         (self.run_dir / "model_config.json").write_text(json.dumps(model_cfg, indent=1))
         if isinstance(t.eval_model(), DiffusersVAE):
             save_diffusers(export, self.run_dir / "diffusers")
@@ -452,6 +470,14 @@ class Pipeline:
         if (self.run_dir / "lora").is_dir():
             paths["lora"] = sorted(str(p) for p in (self.run_dir / "lora").iterdir() if p.is_dir())
         return paths
+
+
+def _portable(cfg: VaekitConfig) -> dict[str, Any]:
+    """The config stored in an export: where the run lived (run.dir, run.name) is left out, so identical runs
+    give byte-identical ``model.safetensors`` files."""
+    tree = cfg.model_dump(mode="json")
+    tree["run"] = {"seed": tree["run"]["seed"]}
+    return tree
 
 
 def _metrics_only(record: dict[str, Any]) -> dict[str, float]:
