@@ -136,7 +136,7 @@ def _same_files(a: Path, b: Path) -> None:
 
 def test_lora_then_full_pipeline_resumes_bitwise_after_sigkill(tmp_path: Path, tiny_vae: Path) -> None:
     (tmp_path / "runner.py").write_text(RUNNER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the in-process reference's threads
     root = tmp_path / "runs"
     cfg = json.dumps(cfg_for(root, "killed", tiny_vae, stages=STAGES))
     killed = subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), cfg, "new"],
