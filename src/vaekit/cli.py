@@ -17,6 +17,9 @@ EPILOG = """examples:
   vaekit train --preset beta-vae data.source=mnist data.path=DIR
   vaekit train --resume runs/shapes-conv-20260101-120000
   vaekit validate cfg.yaml                       # check and summarise without training
+  vaekit train examples/audio_digits.yaml        # one example config per modality in examples/
+  vaekit eval runs/RUN --split test              # metrics, a table and figures under runs/RUN/eval/
+  vaekit compare runs/A runs/B --out cmp         # several models on the same batches
   vaekit export RUN_DIR --format diffusers       # a folder AutoencoderKL.from_pretrained loads
 """
 
