@@ -51,12 +51,15 @@ def test_table_kind_sets_the_likelihood_and_facts_go_to_data_meta(tmp_path: Path
     assert forced.config.loss.recon == "mse"
 
 
-def test_a_stage_switching_to_a_gaussian_likelihood_is_refused_by_validate(tmp_path: Path) -> None:
+def test_a_stage_switching_to_a_gaussian_likelihood_is_refused_by_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from vaekit.cli import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("stages:\n  - {name: a, steps: 2}\n  - {name: b, steps: 2, loss: {recon: gaussian}}\n")
     assert main(["validate", "--no-data", str(cfg)]) == 2
+    assert "stages.1.loss.recon: 'gaussian' needs a model built for it" in capsys.readouterr().err
 
 
 def test_user_data_curves_are_columns_per_epoch(tmp_path: Path) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vaekit.errors import ConfigError
 from vaekit.errors import DataError as DataError  # re-exported: sources raise it
 
 Modality = Literal["image", "video", "audio", "tabular"]
@@ -48,6 +50,16 @@ class DataInfo:
     description: str = ""
     n_test: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def data_file(path: str | None, source: str, what: str) -> Path:
+    """``data.path`` as an existing file, or one line: a ConfigError when unset (naming ``what`` the source reads),
+    a DataError when it is not a file."""
+    if path is None:
+        raise ConfigError(f"data.path: required for data.source={source} ({what})")
+    if not Path(path).is_file():
+        raise DataError(f"{path}: data.path is not a file")
+    return Path(path)
 
 
 def describe(name: str, n_train: int, n_val: int, shape: tuple[int, ...], note: str, n_test: int = 0) -> str:

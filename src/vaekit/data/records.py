@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vaekit.config.schema import DataConfig
-from vaekit.data.base import DataBundle, DataError
+from vaekit.data.base import DataBundle, DataError, data_file
 from vaekit.data.tables import read_csv
 from vaekit.data.tags import bag_bundle
 from vaekit.errors import ConfigError
@@ -72,11 +72,7 @@ def _event_key(row: list[str], idx: list[int], group: int | None) -> str:
 
 def build_records(cfg: DataConfig, seed: int) -> DataBundle:
     """The ``records`` source: pivot the long-format file ``data.path`` into events × items."""
-    if cfg.path is None:
-        raise ConfigError("data.path: required for data.source=records (a .csv/.tsv/.txt file of records)")
-    path = Path(cfg.path)
-    if not path.is_file():
-        raise DataError(f"{path}: data.path is not a file")
+    path = data_file(cfg.path, "records", "a .csv/.tsv/.txt file of records")
     names, rows, header = read_csv(path, True if cfg.header is None else cfg.header)
     ebird = EBIRD_EVENT in names
 

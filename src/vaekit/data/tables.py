@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from vaekit.config.schema import DataConfig
-from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, describe, split_three
+from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, data_file, describe, split_three
 from vaekit.errors import ConfigError
 
 MISSING = {"", "na", "nan", "null", "none", "?", "n/a"}
@@ -337,9 +337,7 @@ def table_meta(
 
 def build_table(cfg: DataConfig, seed: int) -> DataBundle:
     """The ``table`` source: one numeric table file, rows are samples."""
-    if cfg.path is None:
-        raise ConfigError("data.path: required for data.source=table (a .csv/.tsv/.parquet/.npy/.npz/.arff file)")
-    path = Path(cfg.path)
+    path = data_file(cfg.path, "table", "a .csv/.tsv/.parquet/.npy/.npz/.arff file")
     names, arr, rows, header = read_table(path, cfg)
 
     keep = list(range(len(names)))

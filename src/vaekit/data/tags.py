@@ -16,7 +16,6 @@ import ast
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor
 
 from vaekit.config.schema import DataConfig
-from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, describe, split_three
+from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, data_file, describe, split_three
 from vaekit.data.tables import read_csv
 from vaekit.errors import ConfigError
 
@@ -133,11 +132,7 @@ def bag_bundle(
 
 def build_tags(cfg: DataConfig, seed: int) -> DataBundle:
     """The ``tags`` source: ``data.column`` of the CSV file ``data.path`` as multi-hot tag vectors."""
-    if cfg.path is None:
-        raise ConfigError("data.path: required for data.source=tags (a .csv/.tsv file with a column of tag lists)")
-    path = Path(cfg.path)
-    if not path.is_file():
-        raise DataError(f"{path}: data.path is not a file")
+    path = data_file(cfg.path, "tags", "a .csv/.tsv file with a column of tag lists")
     names, rows, header = read_csv(path, True if cfg.header is None else cfg.header)
     shown = ", ".join(names[:40]) + (f", … {len(names) - 40} more" if len(names) > 40 else "")
     if cfg.column is None:

@@ -249,12 +249,6 @@ class CheckpointManager:
     def unregister(self, kind: str, name: str) -> None:
         {"module": self.modules, "shared": self.shared, "local": self.local}[kind].pop(name, None)
 
-    def has_pending(self, kind: str, name: str) -> bool:
-        return f"{kind}:{name}" in self.pending
-
-    def pending_state(self, kind: str, name: str) -> Any:
-        return self.pending.get(f"{kind}:{name}")
-
     # save --------------------------------------------------------------------------------------
     def save(self, step: int, train_state: dict[str, Any]) -> Path | None:
         """Write a complete checkpoint of ``step`` (collective: every process calls it).

@@ -91,7 +91,9 @@ class Trainer(Blocks):
         n, log_now = len(batches), (step + 1) % cfg.log.every == 0
         gen, disc = plan.updates.get("generator"), plan.updates.get("discriminator")
         adv_on = plan.d_objective is not None and step >= cfg.loss.adversarial.start_step
-        last_layer = self.model.last_layer if gen is not None and self.model.last_layer.requires_grad else None
+        # the decoder's last weight serves only the adaptive adversarial weight (None when the decoder is frozen)
+        last_layer = self.model.last_layer if adv_on and gen is not None else None
+        last_layer = last_layer if last_layer is not None and last_layer.requires_grad else None
         fakes = []
         for i, batch in enumerate(batches):  # generator: forward once per micro-batch
             x = batch["x"].to(rt.device, non_blocking=True)

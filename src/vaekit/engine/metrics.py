@@ -36,15 +36,14 @@ class TrainMetrics:
         self.last_good: str = "no checkpoint had been written yet"
 
     # per step ------------------------------------------------------------------------------------
-    def record(self, step: int, terms: dict[str, torch.Tensor], count: int) -> bool:
-        """Add one micro-batch's terms. Under ``nan_policy=skip`` a non-finite batch is not averaged in and
-        False is returned (this policy syncs every step)."""
+    def record(self, step: int, terms: dict[str, torch.Tensor], count: int) -> None:
+        """Add one micro-batch's terms. Under ``nan_policy=skip`` a non-finite batch is not averaged in (this
+        policy syncs every step)."""
         values = torch.stack(list(terms.values()))  # the objectives return detached fp32 0-d terms
         if self.nan_policy == "skip" and self.rt.scaler is None and not bool(torch.isfinite(values).all()):
-            return False
+            return
         self.watch.observe(step, values)
         self.window.add(tuple(terms), values, count)
-        return True
 
     def extra(self, values: dict[str, torch.Tensor]) -> None:
         """Per-step diagnostics of a logging step (learning rates, gradient norms)."""

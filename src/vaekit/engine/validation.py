@@ -27,6 +27,15 @@ def _num_samples(loader: Any) -> int:
     return len(source) if source is not None else 0
 
 
+def first_samples(source: Any, n: int) -> torch.Tensor:
+    """The first ``n`` inputs of a source: gathered in memory, read item by item, or from a user DataLoader."""
+    if hasattr(source, "get_batch"):
+        return source.get_batch(torch.arange(n))["x"]
+    if hasattr(source, "first"):
+        return source.first(n)
+    return torch.stack([source[i]["x"] for i in range(n)])
+
+
 def safe_name(text: str) -> str:
     """A file-name-safe version of a stage name (never a path)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip(".") or "stage"
@@ -117,11 +126,7 @@ class Validator:
         n = min(cfg.log.num_samples, len(val))
         if n == 0:
             return
-        if hasattr(val, "get_batch"):
-            x = val.get_batch(torch.arange(n))["x"]
-        else:
-            x = torch.stack([val[i]["x"] for i in range(n)])
-        x = x.to(self.rt.device)
+        x = first_samples(val, n).to(self.rt.device)
         kind = cfg.loss.recon
         was_training = model.training
         model.eval()

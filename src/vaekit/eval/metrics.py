@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -247,14 +248,7 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
     """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    batch = pred.shape[0]
-    value = structural_similarity_index_measure(
-        frames_as_images(pred).double(),
-        frames_as_images(target).double(),
-        data_range=data_range,
-        reduction="none",
-    )
-    return value.float().reshape(batch, -1).mean(1)
+    return _per_sample(structural_similarity_index_measure, pred, target, data_range)
 
 
 def ms_ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
@@ -264,14 +258,14 @@ def ms_ssim(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
     size = min(pred.shape[-2:])
     if size < MS_SSIM_MIN_SIZE:
         raise ValueError(f"ms_ssim needs images of at least {MS_SSIM_MIN_SIZE} px a side (got {size})")
-    batch = pred.shape[0]
-    value = multiscale_structural_similarity_index_measure(
-        frames_as_images(pred).double(),
-        frames_as_images(target).double(),
-        data_range=data_range,
-        reduction="none",
-    )
-    return value.float().reshape(batch, -1).mean(1)
+    return _per_sample(multiscale_structural_similarity_index_measure, pred, target, data_range)
+
+
+def _per_sample(measure: Callable[..., Tensor], pred: Tensor, target: Tensor, data_range: float) -> Tensor:
+    """A torchmetrics image measure in fp64 on every frame, averaged per image or clip: ``(B,)``."""
+    value = measure(frames_as_images(pred).double(), frames_as_images(target).double(), data_range=data_range,
+                    reduction="none")
+    return value.float().reshape(pred.shape[0], -1).mean(1)
 
 
 def build_lpips(net: str = "alex", pretrained: bool = True, weights_path: str | None = None) -> nn.Module:

@@ -271,29 +271,30 @@ class Pipeline:
                     clock, self.model, forward, disc_forward, self._train_mode, lambda s: self._desc(stage, s))
 
     def _loaders(self, cfg: VaekitConfig, data: DataBundle) -> tuple[Any, Any]:
-        rt = self.rt
-        if rt.world > 1 and not cfg.train.drop_last:
+        if self.rt.world > 1 and not cfg.train.drop_last:
             raise ConfigError(
                 "train.drop_last: false is not supported with several processes (a partial last batch would "
                 "split unevenly across them); keep the default true"
             )
-        common = {"rank": rt.rank, "world_size": rt.world, "num_workers": cfg.data.num_workers, "seed": cfg.run.seed}
-        batch = cfg.train.batch_size
+        train_loader, val_loader = self._batches(data.train, cfg, train=True), self._batches(data.val, cfg, train=False)
+        if len(train_loader) == 0:
+            batch = cfg.train.batch_size
+            raise ConfigError(f"train.batch_size: {batch} is larger than the training set ({data.info.n_train} samples)")
+        return train_loader, val_loader
 
-        def make(source: Any, train: bool) -> Any:
-            if isinstance(source, LoaderSource):
-                return LoaderBatches(source)
+    def _batches(self, source: Any, cfg: VaekitConfig, train: bool) -> Any:
+        """This process's batches of ``source``: shuffled and without labels for training, in order for
+        validation and test; a user's DataLoader as it is."""
+        if isinstance(source, LoaderSource):
+            return LoaderBatches(source)
+        rt, batch = self.rt, cfg.train.batch_size
+        common = {"rank": rt.rank, "world_size": rt.world, "num_workers": cfg.data.num_workers, "seed": cfg.run.seed}
+        try:
             if train:
                 return BatchLoader(source, batch, shuffle=True, drop_last=cfg.train.drop_last, labels=False, **common)
             return BatchLoader(source, batch, shuffle=False, drop_last=False, **common)
-
-        try:
-            train_loader, val_loader = make(data.train, True), make(data.val, False)
         except ValueError as err:  # e.g. a batch size that the process count does not divide
             raise ConfigError(str(err)) from None
-        if len(train_loader) == 0:
-            raise ConfigError(f"train.batch_size: {batch} is larger than the training set ({data.info.n_train} samples)")
-        return train_loader, val_loader
 
     def _init_from(self, source: str) -> None:
         path = Path(source)
@@ -340,7 +341,7 @@ class Pipeline:
             for stage in self.stages[t.state.stage_index:]:
                 resuming = loaded and t.state.stage_index == stage.index
                 loaded = False
-                plan = self.plan(stage, resuming) if resuming or not t.state.stage_done else None
+                plan = self.plan(stage, resuming)
                 if resuming and t.state.stage_done:
                     limit = plan.clock.limit_steps()
                     if limit is None or limit <= t.state.stage_step:
@@ -349,8 +350,8 @@ class Pipeline:
                         t.ckpt.pending.clear()
                         continue
                     t.state.stage_done = False  # resumed with a longer length (train.max_steps=...): go on
-                t.fit(plan or self.plan(stage, resuming), resuming)
-            summary = self._finish()
+                t.fit(plan, resuming)
+            summary = self._finish(plan)
         except RuntimeError as err:
             self.rt.check_collective_failure(err, lambda: ckpt.latest_checkpoint(self.run_dir / "checkpoints"))
             raise
@@ -361,10 +362,10 @@ class Pipeline:
                 self.lock.release()
         return Outcome(self.run_dir, self.cfg, t, list(t.tracker.records), summary)
 
-    def _finish(self) -> dict[str, Any]:
+    def _finish(self, plan: Plan) -> dict[str, Any]:
         """Evaluate the test split, export weights (EMA when enabled), write summary.json and curves.png."""
         t = self.trainer
-        test = self._test_metrics()
+        test = self._test_metrics(plan)
         full = self._gather_if_sharded()
         t.rt.wait()
         if not self.rt.is_main:
@@ -409,25 +410,18 @@ class Pipeline:
             plot_curves(records, self.run_dir / "curves.png")
         return summary
 
-    def _test_metrics(self) -> dict[str, float]:
-        """The last stage's test split, evaluated once with the final (EMA) weights; {} without one."""
-        stage = self.stages[-1]
-        data = self.data_for(stage)
-        if data.test is None or len(data.test) == 0:
+    def _test_metrics(self, plan: Plan) -> dict[str, float]:
+        """The last stage's test split, evaluated once with the final (EMA) weights and that stage's objective;
+        {} without one."""
+        test = plan.data.test
+        if test is None or len(test) == 0:
             return {}
-        plan = self.plan_for_eval(stage, data)
-        _, loader = self._loaders(stage.cfg, DataBundle(data.train, data.test, data.info))
-        means = self.trainer.validator.run(plan, self.trainer.state, self.trainer.eval_model(), loader=loader)
-        self.trainer.metrics.write({**self.trainer.metrics.where, "step": self.trainer.state.step,
-                                    "epoch": self.trainer.state.epoch, "split": "test", **means}, self.trainer.state)
+        t = self.trainer
+        loader = self._batches(test, plan.cfg, train=False)
+        means = t.validator.run(plan, t.state, t.eval_model(), loader=loader)
+        t.metrics.write({**t.metrics.where, "step": t.state.step, "epoch": t.state.epoch, "split": "test", **means},
+                        t.state)
         return means
-
-    def plan_for_eval(self, stage: Stage, data: DataBundle) -> Plan:
-        with torch.random.fork_rng(devices=[self.rt.device] if self.rt.device.type == "cuda" else []):
-            objective = VAEObjective(stage.cfg.loss).to(self.rt.device)
-        return Plan(stage.name, stage.index, stage.cfg, data, None, None, objective, None, {}, None, self.model,
-                    self.model, None, self._train_mode, lambda s: "")
-
 
     # ---------------------------------------------------------------------------------- finetune
     def _finetune(self, stage: Stage) -> None:
