@@ -142,6 +142,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(config, overrides, preset=args.preset)
         _check_weights(cfg)
         print(summarize(cfg, build=not args.no_data))
+        _print_warnings(cfg)
         print("config OK")
         return 0
 
@@ -163,6 +164,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if _is_main():
         print(Path(result.run_dir))
     return 0
+
+
+def _print_warnings(cfg) -> None:  # noqa: ANN001
+    """Settings that are valid but train differently from what they may seem to ask for, on stderr."""
+    from vaekit.config.notes import config_warnings
+
+    for line in config_warnings(cfg):
+        print(line, file=sys.stderr)
 
 
 def _check_weights(cfg) -> None:  # noqa: ANN001

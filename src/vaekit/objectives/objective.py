@@ -51,7 +51,8 @@ class VAEObjective(nn.Module):
     balances them against a reconstruction NLL summed over those N elements; ``terms`` logs the raw distances. The KL term is ``kl_weight(step)·KL`` (KL with free bits), or
     ``gamma·|KL − C(step)|`` for the capacity schedule. The adversarial term (when ``adversarial.weight > 0``,
     a discriminator is given and ``step >= start_step``) is ``adversarial.weight·w·g_loss`` with ``w`` the adaptive
-    weight (training mode with grad enabled, else 1), plus ``feature_matching·FM``.
+    weight (training mode with grad enabled and a reconstruction term present, else 1), plus
+    ``feature_matching·FM``.
     """
 
     def __init__(self, cfg: LossConfig) -> None:
@@ -61,6 +62,8 @@ class VAEObjective(nn.Module):
         """The terms this objective reports (with the adversarial ones when a discriminator is active)."""
         use_perceptual = cfg.perceptual.kind != "none" and cfg.perceptual.weight > 0
         self.perceptual = PerceptualLoss(cfg.perceptual) if use_perceptual else None
+        self._has_rec = cfg.recon_weight > 0 or use_perceptual
+        """Whether a reconstruction term exists for the adaptive adversarial weight to balance against."""
 
     def forward(
         self,
@@ -167,8 +170,9 @@ class VAEObjective(nn.Module):
             logits_fake = discriminator(fake)
         g_loss = g_hinge_loss(logits_fake) if adv.loss == "hinge" else g_nonsaturating_loss(logits_fake)
 
-        if adv.adaptive and self.training and torch.is_grad_enabled() and last_layer is not None:
-            # last_layer is None when the decoder is frozen: the plain weight applies then
+        if adv.adaptive and self.training and torch.is_grad_enabled() and last_layer is not None and self._has_rec:
+            # last_layer is None when the decoder is frozen, and a GAN-only stage (no reconstruction term) has
+            # no ‖∇rec‖ to balance against (the ratio would be 0): the plain weight applies then
             weight = adv.weight * adaptive_weight(
                 rec_loss, g_loss, last_layer, adv.adaptive_eps, adv.adaptive_max
             )
