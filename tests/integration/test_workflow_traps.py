@@ -42,3 +42,106 @@ def test_validate_warns_about_the_gan_only_fallback() -> None:
     cfg = load_config({"loss": {"recon_weight": 0, "adversarial": {"weight": 0.5}}})
     (line,) = config_warnings(cfg)
     assert "loss.adversarial.adaptive" in line and "fixed weight" in line
+
+
+# ------------------------------------------------------------------ 2. a user decoder that ends in Sigmoid
+class _TagVAE(torch.nn.Module):
+    """An eBird-style user model: MLP encoder, decoder ending in Sigmoid (probabilities)."""
+
+    def __init__(self, d: int = 12, z: int = 3, declare: str | None = None) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2 * z))
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(z, 16), torch.nn.ReLU(), torch.nn.Linear(16, d),
+                                           torch.nn.Sigmoid())
+        if declare is not None:
+            self.decoder_output = declare
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x).chunk(2, dim=1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+
+def _sparse_tags(n: int = 256, d: int = 12) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(n, d, generator=g) < 0.1).float()
+
+
+def test_sigmoid_decoder_is_trained_on_its_probabilities() -> None:
+    from vaekit.models.adapter import as_vae
+    from vaekit.objectives import likelihood_mean
+
+    for declare in ("probabilities", None):  # declared, or detected from the final nn.Sigmoid
+        module = _TagVAE(declare=declare)
+        vae = as_vae(module, "bce")
+        x = _sparse_tags(8)
+        out = vae(x, sample_posterior=False)
+        mean = likelihood_mean("bce", out.recon)
+        expected = module.decode(module.encode(x)[0])
+        torch.testing.assert_close(mean, expected, atol=1e-5, rtol=1e-4)  # not sigmoid(probabilities) ≥ 0.5
+
+
+def test_sigmoid_decoder_learns_probabilities_below_one_half(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    result = vaekit.train(model=_TagVAE(), x=_sparse_tags(), loss={"recon": "bce", "beta": 0.1},
+                          train={"max_steps": 40, "batch_size": 32}, optim={"lr": 1e-2},
+                          run={"dir": str(tmp_path), "name": "sig"},
+                          log={"progress": False, "samples": False, "plots": False})
+    # data are 10% ones: with sigmoid applied to its probabilities (≥ 0.5) the mse could not go below ~0.22
+    assert result.split("val")[-1]["mse"] < 0.15
+
+
+def test_decoder_output_logits_under_mse_is_refused_in_one_line() -> None:
+    import pytest
+
+    from vaekit.errors import ModelProtocolError
+    from vaekit.models.adapter import as_vae
+
+    with pytest.raises(ModelProtocolError, match="decoder_output='logits' needs loss.recon=bce"):
+        as_vae(_TagVAE(declare="logits"), "mse")
+
+
+# ------------------------------------------------------------------ 3. grad checkpointing on a user module
+def _decoder_calls(vae: torch.nn.Module, module: _TagVAE) -> int:
+    calls = []
+    hook = module.decoder[0].register_forward_hook(lambda *_: calls.append(1))
+    vae.train()
+    out = vae(_sparse_tags(8))
+    out.recon.sum().backward()
+    hook.remove()
+    return len(calls)
+
+
+def test_grad_checkpointing_recomputes_a_user_decoder() -> None:
+    from vaekit.models.adapter import as_vae
+
+    module = _TagVAE(declare="logits")
+    vae = as_vae(module, "bce")
+    assert _decoder_calls(vae, module) == 1
+    vae.set_grad_checkpointing(True)
+    assert _decoder_calls(vae, module) == 2  # forward, then again in the backward
+    assert set(module.state_dict()) == set(_TagVAE().state_dict())  # export keys unchanged
+    vae.set_grad_checkpointing(False)
+    assert _decoder_calls(vae, module) == 1
+
+
+def test_grad_checkpointing_on_a_module_without_children_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from vaekit.errors import ModelProtocolError
+
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc, self.dec = torch.nn.Linear(12, 6), torch.nn.Linear(3, 12)
+
+        def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.enc(x).chunk(2, dim=1)
+
+        def decode(self, z: torch.Tensor) -> torch.Tensor:
+            return self.dec(z)
+
+    with pytest.raises(ModelProtocolError, match="model.grad_checkpointing"):
+        vaekit.train(model=Flat(), x=_sparse_tags(), model__grad_checkpointing=True, run={"dir": str(tmp_path)},
+                     train={"max_steps": 1}, log={"progress": False})
