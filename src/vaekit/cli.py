@@ -15,6 +15,7 @@ EPILOG = """examples:
   vaekit train                                   # conv VAE on the built-in shapes data, a few minutes on CPU
   vaekit train cfg.yaml train.epochs=5 optim.lr=3e-4
   vaekit train --preset beta-vae data.source=mnist data.path=DIR
+  vaekit train --preset tags-medium,beta-vae data.source=tags data.path=tags.csv   # presets compose in order
   vaekit train --resume runs/shapes-conv-20260101-120000
   vaekit validate cfg.yaml                       # check and summarise without training
   vaekit train examples/audio_digits.yaml        # one example config per modality in examples/
@@ -44,11 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="train a model (defaults: conv VAE on procedural shapes; --preset beta-vae for β=4)")
     p_train.add_argument("args", nargs="*", metavar="[CONFIG] [key.path=value ...]")
     p_train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p_train.add_argument("--preset", help="start from a named preset (see `vaekit presets`)")
+    p_train.add_argument("--preset", action="append", metavar="NAME[,NAME]",
+                         help="start from named presets, applied in order, a later one winning (see `vaekit presets`); "
+                         "repeat it or separate names with commas; accepted anywhere among the overrides")
 
     p_val = sub.add_parser("validate", help="check a config and print what it would train, without training")
     p_val.add_argument("args", nargs="*", metavar="[CONFIG] [key.path=value ...]")
-    p_val.add_argument("--preset", help="start from a named preset")
+    p_val.add_argument("--preset", action="append", metavar="NAME[,NAME]",
+                       help="start from named presets, applied in order (as for train)")
     p_val.add_argument("--no-data", action="store_true", help="do not read the data (no sizes, no parameter count)")
 
     sub.add_parser("presets", help="list the named presets")
@@ -91,7 +95,11 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # train/validate: overrides after an option (`--preset a x=1`) are overrides too
+        if args.command not in ("train", "validate") or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args = [*args.args, *extra]
     if args.version:
         from vaekit import __version__
 

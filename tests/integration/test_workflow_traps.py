@@ -145,3 +145,26 @@ def test_grad_checkpointing_on_a_module_without_children_is_refused(tmp_path: Pa
     with pytest.raises(ModelProtocolError, match="model.grad_checkpointing"):
         vaekit.train(model=Flat(), x=_sparse_tags(), model__grad_checkpointing=True, run={"dir": str(tmp_path)},
                      train={"max_steps": 1}, log={"progress": False})
+
+
+# ------------------------------------------------------------------ 8. presets compose
+def test_presets_compose_in_order() -> None:
+    from vaekit.config.load import load_config
+
+    for cfg in (load_config(None, ["preset=beta-vae"], preset="tags-small"),
+                load_config(None, preset="tags-small,beta-vae"),
+                load_config(None, preset=["tags-small", "beta-vae"])):
+        assert (cfg.model.arch, cfg.model.latent_dim, cfg.loss.beta) == ("mlp", 8, 4.0)
+        assert cfg.preset == ["tags-small", "beta-vae"]
+    assert load_config(None, preset="beta-vae,beta-vae-high").loss.beta == 10.0  # the later one wins
+    assert load_config(None, ["loss.beta=2"], preset="tags-small,beta-vae").loss.beta == 2.0  # overrides win
+
+
+def test_cli_preset_flag_anywhere_and_validate_names_each_presets_keys(capsys) -> None:
+    from vaekit.cli import main
+
+    assert main(["validate", "--preset", "tags-small", "loss.beta=2", "--preset", "beta-vae", "--no-data"]) == 0
+    out = capsys.readouterr().out
+    assert "preset     tags-small: model.arch=mlp" in out
+    assert "preset     beta-vae: loss.beta=4→2" in out
+    assert "model      mlp latent 8" in out

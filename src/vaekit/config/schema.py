@@ -523,8 +523,9 @@ class StageConfig(BaseModel):
 
 # ------------------------------------------------------------------------------------------- all
 class VaekitConfig(Section):
-    preset: str | None = None
-    """The preset this config started from (informational; applied at load time)."""
+    preset: str | list[str] | None = None
+    """The preset(s) this config started from, applied in order at load time (a later one wins; the file and the
+    overrides win over all): a name, ``"tags-small,beta-vae"`` or a list."""
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

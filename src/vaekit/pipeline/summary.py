@@ -49,6 +49,39 @@ def describe_optim(optim: OptimConfig) -> str:
     return text
 
 
+def describe_presets(cfg: VaekitConfig) -> list[str]:
+    """One line per preset (in the order applied): the keys it set, and those a later preset, the file or an
+    override replaced (``loss.recon=bce→mse``)."""
+    from vaekit.config.load import preset_keys, preset_names
+
+    names = preset_names(cfg.preset)
+    if not names:
+        return []
+    final = cfg.model_dump(mode="json")
+    owner = preset_keys(names)
+    lines = []
+    for name in names:
+        keys = []
+        for key, (by, value) in owner.items():
+            if by != name:
+                continue
+            now = _lookup(final, key)
+            keys.append(f"{key}={_fmt(value)}" if now == value else f"{key}={_fmt(value)}→{_fmt(now)}")
+        lines.append(f"preset     {name}: {', '.join(keys) or '(every key set by a later preset)'}")
+    return lines
+
+
+def _lookup(tree: dict, key: str) -> object:
+    node: object = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _fmt(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def summarize(cfg: VaekitConfig, build: bool = True) -> str:
     """Multi-line summary; with ``build`` the data are read and the model built (sizes, parameter count)."""
     from vaekit.pipeline.stages import resolve_stages
@@ -56,7 +89,8 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
     stages = resolve_stages(cfg)
     lines = []
     run_dir = f"{cfg.run.dir}/{cfg.run.name}" if cfg.run.name else f"{cfg.run.dir}/<source>-<arch>-<timestamp>"
-    lines.append(f"run        {run_dir}  (seed {cfg.run.seed})" + (f"  preset {cfg.preset}" if cfg.preset else ""))
+    lines.append(f"run        {run_dir}  (seed {cfg.run.seed})")
+    lines.extend(describe_presets(cfg))
     infos = _stage_data(stages) if build else {}
     first = stages[0].cfg.data
     if build:
