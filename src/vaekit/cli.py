@@ -164,11 +164,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         result = api.train(resume=args.resume, overrides=overrides)
     else:
-        cfg = load_config(resolve_dict(config, overrides, preset=args.preset))
+        tree = resolve_dict(config, overrides, preset=args.preset)
+        cfg = load_config(tree)
         _check_weights(cfg)
+        _print_warnings(cfg)
         import vaekit.api as api
 
-        result = api.train(cfg)
+        # the merged tree, not the validated config: which keys the user set survives, so loss.recon left unset
+        # is resolved from the data as the Python API does
+        result = api.train(tree)
     if _is_main():
         print(Path(result.run_dir))
     return 0
@@ -178,7 +182,7 @@ def _print_warnings(cfg) -> None:  # noqa: ANN001
     """Settings that are valid but train differently from what they may seem to ask for, on stderr."""
     from vaekit.config.notes import config_warnings
 
-    for line in config_warnings(cfg):
+    for line in config_warnings(cfg) if _is_main() else []:
         print(line, file=sys.stderr)
 
 

@@ -86,12 +86,19 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
     """Multi-line summary; with ``build`` the data are read and the model built (sizes, parameter count)."""
     from vaekit.pipeline.stages import resolve_stages
 
+    infos = _stage_data(resolve_stages(cfg)) if build else {}
+    if build:  # the likelihood the run trains with: loss.recon, else what the data ask for (as the run resolves it)
+        from vaekit.config.likelihood import with_data_likelihood
+
+        cfg = with_data_likelihood(cfg, infos[0][0].meta)
     stages = resolve_stages(cfg)
+    if build:
+        _check_ranges(stages, infos)
+        infos = {i: info for i, (info, _) in infos.items()}
     lines = []
     run_dir = f"{cfg.run.dir}/{cfg.run.name}" if cfg.run.name else f"{cfg.run.dir}/<source>-<arch>-<timestamp>"
     lines.append(f"run        {run_dir}  (seed {cfg.run.seed})")
     lines.extend(describe_presets(cfg))
-    infos = _stage_data(stages) if build else {}
     first = stages[0].cfg.data
     if build:
         lines.append(f"data       {infos[stages[0].index].description}")
@@ -147,8 +154,18 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _stage_data(stages: list) -> dict[int, object]:
-    """Each stage's DataInfo (data read once per distinct data section); a bad setting is a ConfigError."""
+def _check_ranges(stages: list, infos: dict) -> None:
+    """Each stage's likelihood against its training data's range (bce needs [0, 1])."""
+    from vaekit.data.ranges import check_target_range
+
+    for st in stages:
+        where = f"stages.{st.index}.loss.recon" if len(stages) > 1 else "loss.recon"
+        check_target_range(st.cfg.loss.recon, infos[st.index][1], where)
+
+
+def _stage_data(stages: list) -> dict[int, tuple]:
+    """Each stage's (DataInfo, training source) (data read once per distinct data section); a bad setting is a
+    ConfigError."""
     import json
 
     from vaekit.config.load import ConfigError
@@ -160,7 +177,8 @@ def _stage_data(stages: list) -> dict[int, object]:
         key = json.dumps(st.cfg.data.model_dump(mode="json"), sort_keys=True)
         if key not in seen:
             try:
-                seen[key] = build_data(st.cfg.data, st.cfg.run.seed).info
+                bundle = build_data(st.cfg.data, st.cfg.run.seed)
+                seen[key] = (bundle.info, bundle.train)
             except DataError:
                 raise
             except ValueError as err:
