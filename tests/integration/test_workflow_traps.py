@@ -202,3 +202,11 @@ def test_bce_on_targets_outside_0_1_is_refused_in_one_line(tmp_path: Path, capsy
     assert main(["validate", *_table_args(tmp_path), "loss.recon=bce"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vaekit: config error: loss.recon: bce needs targets in [0, 1]") and "\n" not in err
+
+
+# ------------------------------------------------------------------ 5. extending a finished run
+def test_extending_a_finished_run_logs_each_validation_once(tiny) -> None:
+    first = vaekit.train(tiny("ext", train={"max_steps": None, "epochs": 1}))
+    vaekit.train(resume=first.run_dir, overrides=["train.epochs=2"])
+    val_steps = [r["step"] for r in _records(first.run_dir) if r["split"] == "val"]
+    assert len(val_steps) == len(set(val_steps)) == 2

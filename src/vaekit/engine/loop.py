@@ -76,7 +76,9 @@ class Trainer(Blocks):
                 if reason is None:  # the epoch ended
                     self.emit("epoch_end")
                     self.metrics.epoch_record(st)
-                    if self.validator.due(plan, st, epoch_end=True):
+                    # not twice at one step: a finished run extended by --resume starts at an epoch whose last
+                    # step the stage end already validated
+                    if self.validator.due(plan, st, epoch_end=True) and st.last_val_step != st.step:
                         self.validate(plan)
                     st.epoch, st.batch_in_epoch = st.epoch + 1, 0
                     reason = plan.clock.metric_done() or plan.clock.epochs_done(st.epoch)
