@@ -210,3 +210,37 @@ def test_extending_a_finished_run_logs_each_validation_once(tiny) -> None:
     vaekit.train(resume=first.run_dir, overrides=["train.epochs=2"])
     val_steps = [r["step"] for r in _records(first.run_dir) if r["split"] == "val"]
     assert len(val_steps) == len(set(val_steps)) == 2
+
+
+def test_python_refuses_bce_on_a_standardised_table(tmp_path: Path) -> None:
+    import pytest
+
+    from vaekit.errors import ConfigError
+
+    tree = {"data": {"source": "table", "path": str(_continuous_table(tmp_path / "t.csv")), "normalize": "standard"},
+            "model": {"arch": "mlp", "hidden_dims": [16], "latent_dim": 2}, "loss": {"recon": "bce"},
+            "run": {"dir": str(tmp_path / "runs"), "name": "bce"}}
+    with pytest.raises(ConfigError, match=r"^loss.recon: bce needs targets in \[0, 1\]"):
+        vaekit.train(tree)
+    assert not (tmp_path / "runs" / "bce").exists()  # refused before anything is written
+
+
+# ------------------------------------------------------------------ 4. processes asked for vs started
+def test_start_line_and_summary_record_processes_and_warn_when_fewer_started(tiny, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("ACCELERATE_NUM_PROCESSES", "2")  # what a launcher asked for; one process starts here
+    result = vaekit.train(tiny("procs", train={"max_steps": 2}))
+    out = capsys.readouterr().err
+    assert "processes 1 (single process) on cpu" in out
+    assert "warning: the launcher asked for 2 processes but 1 started" in out
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (summary["processes"], summary["strategy"], summary["device"], summary["launcher_requested"]) == (
+        1, "single", "cpu", 2)
+    assert summary["config"]["train"]["max_steps"] == 2  # the resolved config beside the metrics
+
+
+def test_accelerate_launch_num_processes_is_read_from_the_parent_command_line() -> None:
+    from vaekit.engine.runtime import requested_processes
+
+    assert requested_processes(["python", "/usr/bin/accelerate", "launch", "--num_processes", "2", "-m", "x"]) == 2
+    assert requested_processes(["python", "/usr/bin/accelerate", "launch", "--num-processes=3", "x.py"]) == 3
+    assert requested_processes(["python", "train.py", "--num_processes", "4"]) is None

@@ -12,6 +12,7 @@ from torch import nn
 
 from vaekit.config.schema import VaekitConfig
 from vaekit.data import BatchLoader, DataBundle
+from vaekit.data.ranges import check_target_range
 from vaekit.data.user import LoaderBatches, LoaderSource
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.plan import Plan
@@ -33,6 +34,8 @@ def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
         run.model.latent_shape_for(tuple(data.info.shape))
     except ValueError as err:
         raise ConfigError(f"stages.{stage.index} ({stage.name}): {err}") from None
+    if stage.index > 0:  # the first stage's data were checked before the run directory was made
+        check_target_range(cfg.loss.recon, data.train, f"stages.{stage.index}.loss.recon")
     train_loader, val_loader = loaders(rt, cfg, data)
     clock = StageClock(stage.spec, math.ceil(len(train_loader) / cfg.train.grad_accum))
     total = clock.limit_steps()
