@@ -91,6 +91,10 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics", help="comma-separated metric names (default: those that fit the data)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
+    p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"], help="LPIPS backbone")
+    p.add_argument("--lpips-weights", metavar="PATH",
+                   help="the LPIPS backbone's torchvision weights file (default: the torch hub cache; without "
+                   "them LPIPS is skipped, and said so)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,8 +200,11 @@ def _check_weights(cfg) -> None:  # noqa: ANN001
 
 
 def _eval_kwargs(args: argparse.Namespace) -> dict:
+    from vaekit.errors import ConfigError
     from vaekit.utils import get_device
 
+    if args.lpips_weights and not Path(args.lpips_weights).is_file():
+        raise ConfigError(f"--lpips-weights: {args.lpips_weights!r} is not a file")
     return {
         "split": args.split,
         "batches": args.batches,
@@ -206,6 +213,8 @@ def _eval_kwargs(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "metrics": args.metrics.split(",") if args.metrics else None,
         "device": args.device or get_device(),
+        "lpips_net": args.lpips_net,
+        "lpips_weights": args.lpips_weights,
     }
 
 
@@ -246,6 +255,11 @@ def _compare_command(args: argparse.Namespace) -> int:
     out = Path(args.out or f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     result = compare(args.runs, data, out_dir=out, **_eval_kwargs(args))
     print(markdown_table(result["results"]))
+    skipped: dict[str, str] = {}
+    for run in result["results"].values():  # as eval does: what was left out, and why
+        skipped.update(run.get("skipped", {}))
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}", file=sys.stderr)
     print(out)
     return 0
 

@@ -244,3 +244,24 @@ def test_accelerate_launch_num_processes_is_read_from_the_parent_command_line() 
     assert requested_processes(["python", "/usr/bin/accelerate", "launch", "--num_processes", "2", "-m", "x"]) == 2
     assert requested_processes(["python", "/usr/bin/accelerate", "launch", "--num-processes=3", "x.py"]) == 3
     assert requested_processes(["python", "train.py", "--num_processes", "4"]) is None
+
+
+# ------------------------------------------------------------------ 6. compare and LPIPS
+def test_compare_prints_skipped_lpips_and_takes_local_weights(tiny, tmp_path: Path, monkeypatch, capsys) -> None:
+    import torchvision
+
+    from vaekit.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # no cached backbone weights
+    runs = [vaekit.train(tiny(name, data={"num_samples": 64, "channels": 3}, train={"max_steps": 1})).run_dir
+            for name in ("a", "b")]
+    common = ["compare", *map(str, runs), "--batches", "1", "--k", "2", "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "c1")]) == 0
+    assert "skipped lpips: needs torchvision" in capsys.readouterr().err
+    weights = tmp_path / "squeeze.pth"
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    assert main([*common, "--out", str(tmp_path / "c2"), "--metrics", "mse,lpips", "--lpips-net", "squeeze",
+                 "--lpips-weights", str(weights)]) == 0
+    result = json.loads((tmp_path / "c2" / "compare.json").read_text())
+    assert all("lpips" in r["metrics"] for r in result["results"].values())
