@@ -494,6 +494,8 @@ class StageConfig(BaseModel):
     threshold: float | None = None
     mode: Literal["below", "above"] = "below"
     plateau_window: int | None = Field(None, ge=2)
+    """End the stage when ``metric`` (smoothed) improved by less than ``plateau_threshold`` (relative) over the
+    last this many OPTIMIZER STEPS (compared with its newest value at least that old)."""
     plateau_threshold: float | None = Field(None, gt=0.0)
     max_epochs: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)

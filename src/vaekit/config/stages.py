@@ -108,6 +108,8 @@ def check_stages(
             raise ConfigError(f"{where}: no length; set epochs, steps, or a metric/plateau transition")
         if spec.metric is not None and spec.threshold is None and spec.plateau_window is None:
             raise ConfigError(f"{where}.threshold: required with metric {spec.metric!r} (or set plateau_window)")
+        if spec.threshold is not None and spec.metric is None:
+            raise ConfigError(f"{where}.metric: required with threshold {spec.threshold:g} (the metric to compare)")
         if spec.plateau_window is not None and spec.metric is None:
             raise ConfigError(f"{where}.metric: required with plateau_window (the metric to watch)")
         if has_metric and spec.max_epochs is None and spec.max_steps is None and spec.epochs is None and spec.steps is None:

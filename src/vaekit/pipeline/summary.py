@@ -129,13 +129,7 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
         lines.append(head)
         if cfg.stages:
             spec = st.spec
-            length = f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else ""
-            if spec.metric:
-                rule = f"{spec.metric} {spec.mode} {spec.threshold:g}" if spec.threshold is not None else spec.metric
-                if spec.plateau_window:
-                    rule += f" or plateau <{spec.plateau_threshold or 1e-3:g} over {spec.plateau_window}"
-                limit = f"{spec.max_steps} steps" if spec.max_steps else f"{spec.max_epochs} epochs" if spec.max_epochs else ""
-                length = (length + ", " if length else "") + f"until {rule}" + (f" (at most {limit})" if limit else "")
+            length = _stage_length(spec)
             if build:
                 lines.append(f"  data     {infos[st.index].description}")
             frozen = st.frozen_groups(frozen)
@@ -152,6 +146,22 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
         if st.adversarial:
             lines.append(f"  d-optim  {describe_optim(c.disc_optim)}")
     return "\n".join(lines)
+
+
+def _stage_length(spec: object) -> str:
+    """How long a stage runs, every limit named: the first of its length, its transition and its caps ends it."""
+    parts = [f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else ""]
+    if spec.metric:
+        rule = f"{spec.metric} {spec.mode} {spec.threshold:g}" if spec.threshold is not None else spec.metric
+        if spec.plateau_window:
+            rule += f" or plateau <{spec.plateau_threshold or 1e-3:g} over {spec.plateau_window} steps"
+        parts.append(f"until {rule}")
+    caps = [f"{spec.max_steps} steps" if spec.max_steps else "", f"{spec.max_epochs} epochs" if spec.max_epochs else ""]
+    caps = [c for c in caps if c]
+    text = ", ".join(p for p in parts if p)
+    if caps:
+        text += f" (at most {' or '.join(caps)}, whichever comes first)" if text else f"at most {' or '.join(caps)}"
+    return text
 
 
 def _check_ranges(stages: list, infos: dict) -> None:
