@@ -30,3 +30,30 @@ def test_plateau_window_counts_optimizer_steps() -> None:
     assert clock.metric_done() is None
     clock.observe("train/loss", 1.0, 1050)  # now 1000 steps apart
     assert "over the last 1000 steps" in clock.metric_done()
+
+
+def test_tanh_output_and_leaky_slope_reach_the_built_model() -> None:
+    import torch
+
+    from vaekit.models import build_model
+
+    cfg = load_config({"model": {"arch": "conv", "hidden_dims": [4, 8], "latent_dim": 2, "activation": "leaky_relu",
+                                 "leaky_slope": 0.01, "output_activation": "tanh"}, "loss": {"recon": "mse"}})
+    model = build_model(cfg.model, (1, 16, 16), cfg.loss.recon)
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.01}
+    with torch.no_grad():
+        model.decoder.head.bias.fill_(100.0)  # a huge pre-activation: tanh keeps the mean in [-1, 1]
+        recon = model(torch.zeros(2, 1, 16, 16)).recon
+    assert recon.abs().max() <= 1.0
+    from vaekit.models import build_model_from_config
+
+    assert build_model_from_config(model.config).output_activation == "tanh"
+
+
+def test_output_activation_with_bce_is_refused() -> None:
+    from vaekit.models import build_model
+
+    cfg = load_config({"model": {"arch": "mlp", "hidden_dims": [8], "output_activation": "sigmoid"}})
+    with pytest.raises(ValueError, match="model.output_activation=sigmoid is for mse/l1/gaussian"):
+        build_model(cfg.model, (6,), "bce")

@@ -228,6 +228,13 @@ class ModelConfig(Section):
     gaussian_logvar: Literal["scalar", "pixel"] = "scalar"
     """With ``loss.recon: gaussian``: one learned log-variance, or one per output element (decoder head)."""
     grad_checkpointing: bool = False
+    """Recompute activations in the backward instead of keeping them (built-in blocks; a user module's
+    ``encoder``/``decoder`` children; a diffusers model's own switch)."""
+    leaky_slope: float = Field(0.2, ge=0.0, lt=1.0)
+    """``activation: leaky_relu``: the negative slope (PyTorch's own default is 0.01)."""
+    output_activation: Literal["none", "tanh", "sigmoid"] = "none"
+    """Built-in models: the decoder's mean passes through tanh (data in [-1, 1]) or a sigmoid (data in [0, 1]).
+    For mse, l1 and gaussian; bce already maps its logits through a sigmoid."""
 
     @model_validator(mode="after")
     def _pretrained_source(self) -> ModelConfig:

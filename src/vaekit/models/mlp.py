@@ -15,8 +15,9 @@ from vaekit.models.base import VAE, register_model, register_to_config
 from vaekit.models.layers import CheckpointedSequential, build_activation, build_norm
 
 
-def _dense_block(d_in: int, d_out: int, norm: str, activation: str, dropout: float) -> nn.Sequential:
-    layers = [nn.Linear(d_in, d_out), build_norm(norm, d_out, dims=0), build_activation(activation)]
+def _dense_block(d_in: int, d_out: int, norm: str, activation: str, dropout: float,
+                 leaky_slope: float = 0.2) -> nn.Sequential:
+    layers = [nn.Linear(d_in, d_out), build_norm(norm, d_out, dims=0), build_activation(activation, leaky_slope)]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
@@ -49,8 +50,10 @@ class MLPVAE(VAE):
         recon_kind: str = "bce",
         gaussian_logvar: str = "scalar",
         grad_checkpointing: bool = False,
+        leaky_slope: float = 0.2,
+        output_activation: str = "none",
     ) -> None:
-        super().__init__(recon_kind, gaussian_logvar)
+        super().__init__(recon_kind, gaussian_logvar, output_activation)
         self.input_shape = tuple(input_shape)
         self.latent_shape = (latent_dim,)
         widths = [math.prod(self.input_shape), *hidden_dims]
@@ -58,10 +61,10 @@ class MLPVAE(VAE):
 
         rev = [latent_dim, *reversed(hidden_dims)]
         down = [
-            _dense_block(a, b, norm, activation, dropout)
+            _dense_block(a, b, norm, activation, dropout, leaky_slope)
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         ]
-        up = [_dense_block(a, b, norm, activation, dropout) for a, b in zip(rev[:-1], rev[1:], strict=True)]
+        up = [_dense_block(a, b, norm, activation, dropout, leaky_slope) for a, b in zip(rev[:-1], rev[1:], strict=True)]
 
         self.encoder = nn.Sequential()
         self.encoder.add_module("flatten", nn.Flatten())  # (B, D)
@@ -91,4 +94,6 @@ class MLPVAE(VAE):
             recon_kind=recon_kind,
             gaussian_logvar=cfg.gaussian_logvar,
             grad_checkpointing=cfg.grad_checkpointing,
+            leaky_slope=cfg.leaky_slope,
+            output_activation=cfg.output_activation,
         )
