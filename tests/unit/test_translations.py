@@ -54,3 +54,35 @@ def test_tanh_output_and_leaky_slope_reach_the_built_model() -> None:
 def test_output_activation_with_bce_is_refused() -> None:
     with pytest.raises(ConfigError, match="^model.output_activation: sigmoid is for mse/l1/gaussian"):
         load_config({"model": {"arch": "mlp", "hidden_dims": [8], "output_activation": "sigmoid"}})
+
+
+def test_curves_separate_epoch_means_from_log_points_and_mark_stages(tmp_path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    from vaekit.tracking.plots import plot_curves
+
+    records = [
+        {"stage": "a", "step": 5, "split": "train", "loss": 3.0},
+        {"stage": "a", "step": 10, "split": "train", "kind": "epoch", "loss": 2.5},
+        {"stage": "a", "step": 10, "split": "val", "loss": 2.4},
+        {"stage": "b", "step": 15, "split": "train", "loss": 2.0},
+    ]
+    labels, lines = [], []
+    plot = matplotlib.axes.Axes.plot
+    vline = matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, *a, **k: labels.append(k.get("label")) or plot(ax, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda ax, x, **k: lines.append(x) or vline(ax, x, **k))
+    plot_curves(records, tmp_path / "curves.png")
+    assert labels == ["train (per log)", "train (epoch mean)", "val"] and lines == [15]
+    assert (tmp_path / "curves.png").is_file()
+
+
+@pytest.mark.parametrize(("size", "latent", "hidden", "norm"), [
+    ("size-z32-h128", 32, [128], "none"), ("size-z64-h256", 64, [256], "none"), ("size-z128-h512-bn", 128, [512], "batch"),
+])
+@pytest.mark.parametrize(("beta_preset", "beta"), [("beta-vae", 4.0), ("beta-vae-high", 10.0)])
+def test_size_presets_compose_with_data_and_beta_presets(size, latent, hidden, norm, beta_preset, beta) -> None:
+    cfg = load_config(None, preset=["tags-small", size, beta_preset])
+    m = cfg.model
+    assert (m.arch, m.latent_dim, m.hidden_dims, m.norm, cfg.loss.beta, cfg.loss.recon) == (
+        "mlp", latent, hidden, norm, beta, "bce")
