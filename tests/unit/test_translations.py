@@ -86,3 +86,34 @@ def test_size_presets_compose_with_data_and_beta_presets(size, latent, hidden, n
     m = cfg.model
     assert (m.arch, m.latent_dim, m.hidden_dims, m.norm, cfg.loss.beta, cfg.loss.recon) == (
         "mlp", latent, hidden, norm, beta, "bce")
+
+
+def test_mean_reduction_matches_a_mean_reduced_script() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from vaekit.config.schema import LossConfig
+    from vaekit.models.base import VAEOutput
+    from vaekit.objectives import VAEObjective
+
+    g = torch.Generator().manual_seed(0)
+    x, recon = torch.rand(4, 3, 8, 8, generator=g), torch.rand(4, 3, 8, 8, generator=g)
+    mu, logvar = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g) * 0.1
+    out = VAEOutput(recon=recon, mean=mu, logvar=logvar, z=mu, recon_logvar=None)
+    kld_weight = 0.00025
+    total, _ = VAEObjective(LossConfig(recon="mse", reduction="mean", beta=kld_weight))(x, out, step=0)
+    # PyTorch-VAE's loss_function: F.mse_loss (mean) + kld_weight · batch mean of the summed KL
+    kld = torch.mean(-0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1), dim=0)
+    torch.testing.assert_close(total, F.mse_loss(recon, x) + kld_weight * kld)
+
+
+def test_input_dropout_rescales_like_nn_dropout() -> None:
+    import torch
+
+    from vaekit.objectives import corrupt
+
+    x = torch.ones(10_000)
+    keep = torch.rand(10_000, generator=torch.Generator().manual_seed(0)) >= 0.3
+    out = corrupt(x, mask_rate=0.3, keep=keep, rescale=True)
+    torch.testing.assert_close(out.unique(), torch.tensor([0.0, 1 / 0.7]))
+    assert load_config({"loss": {"denoise": {"mask_rate": 0.3, "rescale": True}}}).loss.denoise.rescale

@@ -279,6 +279,9 @@ class DenoiseConfig(Section):
     """Gaussian noise added to training inputs (targets stay clean)."""
     mask_rate: float = Field(0.0, ge=0.0, lt=1.0)
     """Fraction of input elements zeroed during training."""
+    rescale: bool = False
+    """Scale the kept input elements by ``1 / (1 - mask_rate)``, as ``nn.Dropout`` on the input does (a
+    Lightning model's input dropout). False: zeroed only, the rest unchanged."""
 
 
 class PerceptualConfig(Section):
@@ -342,6 +345,12 @@ class LossConfig(Section):
     """mse/l1: summed error; bce: Bernoulli on logits (binary or multi-hot targets); gaussian: learned variance."""
     recon_weight: float = Field(1.0, ge=0.0)
     beta: float = Field(1.0, ge=0.0)
+    reduction: Literal["sum", "mean"] = "sum"
+    """How the reconstruction enters the loss. sum: summed over a sample's N elements (nats per sample, the
+    ELBO); perceptual and spectral distances are then added to each element (×N). mean: averaged over them, as
+    ``F.mse_loss(recon, x)`` in a mean-reduced script, so its ``kld_weight`` is this ``beta`` unchanged and its
+    spectral λ is ``spectral.weight`` unchanged (no ×N). In sum units that is ``beta = kld_weight·N``. The logged
+    ``recon`` stays the summed NLL either way."""
     kl: KLConfig = Field(default_factory=KLConfig)
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
     perceptual: PerceptualConfig = Field(default_factory=PerceptualConfig)

@@ -48,7 +48,9 @@ class VAEObjective(nn.Module):
     ``total = recon_weight·nll + kl_term + N·(perceptual.weight·perc + spectral.weight·spec) + adversarial``, each
     a batch mean of per-sample values. The perceptual and spectral distances are per-element quantities added to
     every one of the N elements of a sample (as latent-diffusion adds LPIPS to each pixel's L1), so that weight 1
-    balances them against a reconstruction NLL summed over those N elements; ``terms`` logs the raw distances. The KL term is ``kl_weight(step)·KL`` (KL with free bits), or
+    balances them against a reconstruction NLL summed over those N elements; ``terms`` logs the raw distances.
+    With ``loss.reduction: mean`` the reconstruction is divided by N instead and the distances are not multiplied
+    (a mean-reduced script's units). The KL term is ``kl_weight(step)·KL`` (KL with free bits), or
     ``gamma·|KL − C(step)|`` for the capacity schedule. The adversarial term (when ``adversarial.weight > 0``,
     a discriminator is given and ``step >= start_step``) is ``adversarial.weight·w·g_loss`` with ``w`` the adaptive
     weight (training mode with grad enabled and a reconstruction term present, else 1), plus
@@ -104,12 +106,15 @@ class VAEObjective(nn.Module):
                 mean = fake if fake is not None else likelihood_mean(cfg.recon, out.recon)
                 terms["mse"] = mse_per_element(mean, target).mean()
         numel = target[0].numel()  # elements per sample
-        rec_loss = nll if cfg.recon_weight == 1.0 else cfg.recon_weight * nll
+        # reduction=mean: the reconstruction averaged over a sample's elements, per-element distances unscaled
+        per_elem = numel if cfg.reduction == "sum" else 1
+        weight = cfg.recon_weight if cfg.reduction == "sum" else cfg.recon_weight / numel
+        rec_loss = nll if weight == 1.0 else weight * nll
 
         if self.perceptual is not None:
             perceptual = self.perceptual(fake, target).mean()
             terms["perceptual"] = perceptual
-            rec_loss = rec_loss + cfg.perceptual.weight * numel * perceptual
+            rec_loss = rec_loss + cfg.perceptual.weight * per_elem * perceptual
         total = rec_loss + self._kl_term(out, step, terms, detailed)
 
         if cfg.spectral.weight > 0:
@@ -125,7 +130,7 @@ class VAEObjective(nn.Module):
                 spec.w_lin_mag,
             ).mean()
             terms["spectral"] = spectral
-            total = total + spec.weight * numel * spectral
+            total = total + spec.weight * per_elem * spectral
 
         if adv_on:
             total = total + self._adversarial_term(fake, target, rec_loss, discriminator, last_layer, terms)
