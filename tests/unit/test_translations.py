@@ -117,3 +117,16 @@ def test_input_dropout_rescales_like_nn_dropout() -> None:
     out = corrupt(x, mask_rate=0.3, keep=keep, rescale=True)
     torch.testing.assert_close(out.unique(), torch.tensor([0.0, 1 / 0.7]))
     assert load_config({"loss": {"denoise": {"mask_rate": 0.3, "rescale": True}}}).loss.denoise.rescale
+
+
+def test_a_config_files_data_paths_are_relative_to_the_file(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "project" / "configs"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "t.csv").write_text("a,b\n1,2\n")
+    (folder / "cfg.yaml").write_text("data: {source: table, path: data/t.csv}\n"
+                                     "stages: [{name: a, steps: 1, data: {path: data/t.csv}}]\n")
+    monkeypatch.chdir(tmp_path)  # somewhere else
+    cfg = load_config(folder / "cfg.yaml")
+    assert cfg.data.path == str(folder / "data" / "t.csv")
+    assert cfg.stages[0].data["path"] == str(folder / "data" / "t.csv")
+    assert load_config(folder / "cfg.yaml", ["data.path=other.csv"]).data.path == "other.csv"  # overrides: cwd

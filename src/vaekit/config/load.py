@@ -277,6 +277,7 @@ def resolve_dict(
         tree = {}
     else:
         tree = read_yaml(source)
+        _paths_from_file(tree, Path(source).parent)
 
     items = _override_items(overrides)
     # presets apply in order: the file's, then --preset (one or several), then preset=... overrides; a later
@@ -296,6 +297,26 @@ def resolve_dict(
             set_dotted(tree, path, value)
     check_tree(tree)
     return tree
+
+
+DATA_PATH_KEYS = ("path", "events_path")
+
+
+def _paths_from_file(tree: dict[str, Any], folder: Path) -> None:
+    """A config file's relative data paths name files beside the config: each one that exists relative to the
+    file's folder becomes that path (else it stays relative to the current directory, as before)."""
+    sections = [tree.get("data"), (tree.get("stage_defaults") or {}).get("data") if isinstance(
+        tree.get("stage_defaults"), dict) else None]
+    sections += [st.get("data") for st in tree.get("stages") or [] if isinstance(st, dict)]
+    for data in sections:
+        if not isinstance(data, dict):
+            continue
+        for key in DATA_PATH_KEYS:
+            value = data.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                beside = folder / value
+                if beside.exists():
+                    data[key] = os.path.normpath(beside)
 
 
 def _override_items(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[list[str], Any]]:
