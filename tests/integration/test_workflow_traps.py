@@ -265,3 +265,20 @@ def test_compare_prints_skipped_lpips_and_takes_local_weights(tiny, tmp_path: Pa
                  "--lpips-weights", str(weights)]) == 0
     result = json.loads((tmp_path / "c2" / "compare.json").read_text())
     assert all("lpips" in r["metrics"] for r in result["results"].values())
+
+
+# ------------------------------------------------------------------ translations from a Python training script
+def test_history_by_name_device_choice_and_trainable_count(tmp_path: Path) -> None:
+    import pytest
+
+    from vaekit.errors import ConfigError
+
+    result = vaekit.train(model=_TagVAE(declare="probabilities"), x=_sparse_tags(), cpu=True,
+                          train={"epochs": 2, "batch_size": 64}, run={"dir": str(tmp_path), "name": "py"},
+                          log={"progress": False, "samples": False, "plots": False})
+    h = result.history
+    assert len(h["train_loss"]) == len(h["train_recon_loss"]) == len(h["train_kl_loss"]) == 2
+    assert len(h["val_loss"]) == len(h["val_recon_loss"]) == 2 and "val_kl" in h.keys()
+    assert result.config.train.device == "cpu" and result.history[0]["split"] == "train"  # still a list
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
+        vaekit.train(model=_TagVAE(), x=_sparse_tags(), device="cuda:1")

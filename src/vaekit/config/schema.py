@@ -436,6 +436,9 @@ class TrainConfig(Section):
     (FSDP2; through Accelerate on GPUs, torch's ``fully_shard`` on CPU). Checkpoints hold full weights either way."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms (slower on GPU)."""
+    device: Literal["auto", "cpu"] = "auto"
+    """auto: the accelerator Accelerate finds (CUDA, MPS), else the CPU; cpu: the CPU even when a GPU is there.
+    Pick one GPU of several with ``CUDA_VISIBLE_DEVICES``. From Python: ``vaekit.train(..., device="cpu")``."""
 
 
 # ------------------------------------------------------------------------------------------- log

@@ -17,7 +17,7 @@ from vaekit.errors import ConfigError
 SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log", "eval", "finetune")
 GROUPS = ("encoder", "decoder", "discriminator")
 RUN_WIDE_TRAIN_KEYS = (
-    "ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s", "strategy",
+    "ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s", "strategy", "device",
 )
 
 

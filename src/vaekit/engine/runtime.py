@@ -42,13 +42,14 @@ class Runtime:
     """
 
     def __init__(self, precision: str, deterministic: bool = False, timeout_s: float = 300.0,
-                 strategy: str = "ddp") -> None:
+                 strategy: str = "ddp", device: str = "auto") -> None:
         # Accelerate only sets up a CPU process group (gloo) when told the run is on the CPU.
-        cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        on_cpu = device == "cpu" or not torch.cuda.is_available()
+        cpu_ddp = on_cpu and (device == "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1)
         # Accelerate keeps its state in a process-wide singleton that refuses a second precision; a later run in
         # the same Python process (a notebook, a sweep) gets a fresh one. The process group is left alone.
         AcceleratorState._reset_state(reset_partial_state=False)
-        if precision == "fp16" and not torch.cuda.is_available():
+        if precision == "fp16" and on_cpu:
             # Accelerate would silently train in fp32; say so instead
             raise ConfigError("train.precision: 'fp16' needs a CUDA GPU; use 'bf16' (or 'no') on this machine")
         handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]

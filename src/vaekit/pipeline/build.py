@@ -102,7 +102,8 @@ def build_run(cfg: VaekitConfig, model: nn.Module | None = None, data: dict[str,
     """Build a run (see `vaekit.pipeline.run.Pipeline` for the arguments); resumes the trainer's state from the
     newest complete checkpoint when ``resume``."""
     stages = resolve_stages(cfg)
-    rt = Runtime(cfg.train.precision, cfg.train.deterministic, cfg.train.timeout_s, strategy=cfg.train.strategy)
+    rt = Runtime(cfg.train.precision, cfg.train.deterministic, cfg.train.timeout_s, strategy=cfg.train.strategy,
+                 device=cfg.train.device)
     data_for = StageData(data, rt)
     # model and discriminator: built once from the first stage's data, seeded, identical on every rank
     set_seed(cfg.run.seed, deterministic=cfg.train.deterministic)
