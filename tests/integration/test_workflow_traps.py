@@ -282,3 +282,26 @@ def test_history_by_name_device_choice_and_trainable_count(tmp_path: Path) -> No
     assert result.config.train.device == "cpu" and result.history[0]["split"] == "train"  # still a list
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
         vaekit.train(model=_TagVAE(), x=_sparse_tags(), device="cuda:1")
+
+
+# ------------------------------------------------------------------ init_from a LoRA checkpoint
+def test_init_from_a_lora_checkpoint_merges_the_adapters(tiny) -> None:
+    import pytest
+
+    from vaekit.errors import ConfigError
+    from vaekit.models import build_model_from_config
+    from vaekit.pipeline.init_from import load_init_weights
+
+    run = vaekit.train(tiny("lora", train={"max_steps": 4, "ckpt_every": 4}, optim={"lr": 1e-2},
+                            finetune={"mode": "lora", "rank": 2, "alpha": 4}))
+    step = run.run_dir / "checkpoints" / "step_00000004" / "model.safetensors"
+    assert any("lora_A" in k for k in load_file(step))  # base weights + adapters
+    fresh = build_model_from_config(json.loads((run.run_dir / "model_config.json").read_text()))
+    load_init_weights(fresh, step)
+    exported = load_file(run.run_dir / "model.safetensors")  # merged at the end of the run
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, exported[key])
+    other = vaekit.train(tiny("wider", model={"hidden_dims": [8, 16, 16]}, train={"max_steps": 1}))
+    with pytest.raises(ConfigError, match=r"init_from: .* does not fit this model: missing .*unexpected"):
+        load_init_weights(build_model_from_config(json.loads((other.run_dir / "model_config.json").read_text())),
+                          step)

@@ -18,10 +18,11 @@ from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.plan import Plan
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.updates import build_update
-from vaekit.errors import ConfigError, VaekitError
+from vaekit.errors import ConfigError
 from vaekit.models.adapter import export_module
 from vaekit.objectives import DiscriminatorObjective, VAEObjective
 from vaekit.pipeline.build import RunParts
+from vaekit.pipeline.init_from import load_init_weights
 from vaekit.pipeline.stages import Stage, StageClock
 
 
@@ -113,10 +114,7 @@ def _init_from(run: RunParts, source: str) -> None:
         path = exported if exported.is_file() or latest is None else latest / "model.safetensors"
     if not path.is_file():
         raise ConfigError(f"init_from: {source!r} has no model.safetensors")
-    try:
-        ckpt.load_weights(export_module(run.model), path)
-    except VaekitError as err:
-        raise ConfigError(f"init_from: {err}") from None
+    load_init_weights(export_module(run.model), path)  # LoRA adapters merged; a mismatch names the keys
     disc_file = path.with_name("discriminator.safetensors")
     if run.disc is not None and disc_file.is_file():
         ckpt.load_weights(run.disc, disc_file)
