@@ -305,3 +305,16 @@ def test_init_from_a_lora_checkpoint_merges_the_adapters(tiny) -> None:
     with pytest.raises(ConfigError, match=r"init_from: .* does not fit this model: missing .*unexpected"):
         load_init_weights(build_model_from_config(json.loads((other.run_dir / "model_config.json").read_text())),
                           step)
+
+
+def test_trainable_share_in_start_up_model_txt_and_validate(tiny, capsys) -> None:
+    from vaekit.config.load import load_config
+    from vaekit.pipeline.summary import summarize
+
+    tree = tiny("share", train={"max_steps": 1}, finetune={"mode": "lora", "rank": 2})
+    result = vaekit.train(tree)
+    assert "trainable " in capsys.readouterr().err and "finetune lora" in (result.run_dir / "model.txt").read_text()
+    tree["run"]["name"] = "share2"
+    text = summarize(load_config(tree))
+    share = float(text.split("finetune lora")[0].rsplit("(", 1)[1].rstrip("%, "))
+    assert 0 < share < 50  # the adapters' share, not 100%

@@ -163,6 +163,24 @@ def _finetune(run: RunParts, stage: Stage) -> None:
     run.tuner.apply(stage.cfg.finetune, owner.cfg.finetune, save=lambda: save_adapters(run, owner.name))
     freeze(run, st.frozen)  # adapters injected just now obey the freeze list too
     run.tuner.restrict(run.model, stage.cfg.finetune.mode)
+    _report_trainable(run, stage)
+
+
+def _report_trainable(run: RunParts, stage: Stage) -> None:
+    """The trainable share of the autoencoder (LoRA: the adapters' share) on the console and in model.txt."""
+    line = trainable_line(run.model, stage.cfg.finetune.mode)
+    run.trainer.console.write(f"stage {stage.name}: {line}" if len(run.stages) > 1 else line)
+    model_txt = run.run_dir / "model.txt"
+    if run.rt.is_main and model_txt.is_file() and f"stage {stage.name}:" not in model_txt.read_text():
+        with model_txt.open("a") as fh:
+            fh.write(f"stage {stage.name}: {line}\n")
+
+
+def trainable_line(model: nn.Module, mode: str) -> str:
+    """``trainable 1,234 of 56,789 parameters (2.17%, finetune lora)``."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"trainable {trainable:,} of {total:,} parameters ({trainable / max(total, 1):.2%}, finetune {mode})"
 
 
 def save_adapters(run: RunParts, stage_name: str) -> None:

@@ -217,4 +217,22 @@ def _build_models(cfg: VaekitConfig, stages: list, infos: dict) -> str:
             model.latent_shape_for(tuple(infos[st.index].shape))
         except ValueError as err:
             raise ConfigError(f"stages.{st.index} ({st.name}): {err}") from None
+    for st in stages:
+        if st.cfg.finetune.mode != "full":
+            text += f"; {'stage ' + st.name + ' ' if len(stages) > 1 else ''}{_trainable_share(model, st.cfg.finetune)}"
     return text
+
+
+def _trainable_share(model: object, finetune: object) -> str:
+    """What a finetune mode trains, counted on a copy of the model with its adapters injected."""
+    import copy
+
+    from vaekit.engine.finetune import Finetuner
+    from vaekit.models.adapter import export_module
+    from vaekit.pipeline.plan import trainable_line
+
+    clone = copy.deepcopy(model)
+    tuner = Finetuner(export_module(clone))
+    tuner.apply(finetune, finetune)
+    tuner.restrict(clone, finetune.mode)
+    return trainable_line(clone, finetune.mode)
