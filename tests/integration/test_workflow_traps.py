@@ -318,3 +318,13 @@ def test_trainable_share_in_start_up_model_txt_and_validate(tiny, capsys) -> Non
     text = summarize(load_config(tree))
     share = float(text.split("finetune lora")[0].rsplit("(", 1)[1].rstrip("%, "))
     assert 0 < share < 50  # the adapters' share, not 100%
+
+
+def test_evaluate_a_user_module_run_with_a_fresh_instance(tmp_path: Path) -> None:
+    x = _sparse_tags()
+    result = vaekit.train(model=_TagVAE(), x=x, loss={"recon": "bce"}, train={"max_steps": 3, "batch_size": 64},
+                          run={"dir": str(tmp_path), "name": "ev"}, log={"progress": False, "samples": False})
+    out = vaekit.evaluate(result.run_dir, x[:64], model=_TagVAE(), metrics=["elbo", "mse"], k=2)
+    assert out["metrics"]["mse"] < 0.5 and out["samples"] == 64
+    direct = vaekit.evaluate(_TagVAE(declare="probabilities"), x[:64], metrics=["mse"], k=2)
+    assert "mse" in direct["metrics"]

@@ -58,6 +58,7 @@ def evaluate(
     lpips_weights: str | Path | None = None,
     fid_feature: nn.Module | None = None,
     fid_weights: str | Path | None = None,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Evaluate one model on a split, deterministically (same seed, same batches → same numbers).
 
@@ -80,13 +81,15 @@ def evaluate(
         lpips_net, lpips_pretrained, lpips_weights: LPIPS backbone (alex, vgg, squeeze), ``False`` for a random
             trunk (tests only), the torchvision weights file (default: the torch hub cache).
         fid_feature, fid_weights: a feature extractor replacing InceptionV3 / the InceptionV3 weights file.
+        model: for a run that trained a user module: a fresh instance of its class (the run's weights are loaded
+            into it, its likelihood read from the run's config).
 
     Returns:
         A JSON-able dict: ``metrics`` (name → value), ``units``, ``details`` (per-dimension KL, per-channel
         scale/shift factors, per-label F1, per-factor MIG/SAP), ``skipped`` (name → why), the provenance
         (``model``, ``source``, ``step``, ``split``, ``samples``, ``seed``, ``k``) and ``files`` with ``out_dir``.
     """
-    loaded = load_for_eval(model_or_run, checkpoint, ema)
+    loaded = load_for_eval(model_or_run, checkpoint, ema, model=model)
     if device is not None:
         loaded.model.to(device)
     eval_data = resolve_data(data, loaded, split)

@@ -71,6 +71,25 @@ class Loaded:
     step: int | None = None
 
 
+def _as_vae(module: nn.Module, cfg: Any, name: str) -> nn.Module:
+    """A user module as a VAE the evaluation can drive: its likelihood from the run's config, else its own
+    ``recon_kind``, else its ``decoder_output`` (probabilities or logits: bce)."""
+    from vaekit.models.adapter import as_vae
+    from vaekit.models.base import VAE
+
+    if isinstance(module, VAE):
+        return module
+    kind = cfg.loss.recon if cfg is not None else getattr(module, "recon_kind", None)
+    if kind is None and getattr(module, "decoder_output", None) in ("probabilities", "logits"):
+        kind = "bce"
+    if kind is None:
+        raise ModelProtocolError(
+            f"evaluate: {name}'s likelihood is unknown; evaluate its run directory with model= (the run's "
+            "loss.recon), or give the module a recon_kind attribute (bce, mse, l1, gaussian)"
+        )
+    return as_vae(module, kind)
+
+
 def _read_run_config(run_dir: Path) -> Any:
     from vaekit.config.load import load_config
 
@@ -114,7 +133,8 @@ def _checkpoint_file(checkpoint: str | Path, run_dir: Path | None, ema: bool) ->
 
 
 def load_for_eval(
-    model_or_run: Loaded | nn.Module | str | Path, checkpoint: str | Path | None = None, ema: bool = False
+    model_or_run: Loaded | nn.Module | str | Path, checkpoint: str | Path | None = None, ema: bool = False,
+    model: nn.Module | None = None,
 ) -> Loaded:
     """Resolve a run directory, a ``model.safetensors`` or a module into a model in eval mode.
 
@@ -124,6 +144,7 @@ def load_for_eval(
         checkpoint: a checkpoint directory (``checkpoints/step_XXXXXXXX``, also relative to the run's
             ``checkpoints/``) or weights file to load instead of the exported ``model.safetensors``.
         ema: load the checkpoint's ``ema.safetensors``.
+        model: for a run that trained a user module: a fresh instance of its class, the weights loaded into it.
     """
     if isinstance(model_or_run, Loaded):
         return model_or_run
@@ -131,7 +152,8 @@ def load_for_eval(
         for method in ("encode", "decode"):
             if not callable(getattr(model_or_run, method, None)):
                 raise ModelProtocolError(f"evaluate: {type(model_or_run).__name__} has no {method}() method")
-        return Loaded(model_or_run.eval(), type(model_or_run).__name__, type(model_or_run).__name__)
+        name = type(model_or_run).__name__
+        return Loaded(_as_vae(model_or_run, None, name).eval(), name, name)
     path = Path(model_or_run)
     run_dir: Path | None = None
     cfg = None
@@ -145,21 +167,25 @@ def load_for_eval(
     step = None
     if checkpoint is not None:
         weights = _checkpoint_file(checkpoint, run_dir, ema)
-        model = _model_from_weights(weights, run_dir, cfg)
         state = weights.parent / "state.json"
         step = json.loads(state.read_text()).get("step") if state.is_file() else None
-        return Loaded(model, name, str(weights), run_dir, cfg, step)
-    weights = run_dir / "model.safetensors" if run_dir is not None else path
-    if not weights.is_file():
-        raise CheckpointError(
-            f"{weights}: not found (the run has not finished; pass --checkpoint {run_dir}/checkpoints/step_...)"
-        )
-    model = load_model(weights)
-    if run_dir is not None and (run_dir / "summary.json").is_file():
-        step = json.loads((run_dir / "summary.json").read_text()).get("steps")
-    if cfg is None:
-        cfg = _config_from_metadata(weights)
-    return Loaded(model, name, str(weights), run_dir, cfg, step)
+        if model is None:
+            return Loaded(_model_from_weights(weights, run_dir, cfg), name, str(weights), run_dir, cfg, step)
+    else:
+        weights = run_dir / "model.safetensors" if run_dir is not None else path
+        if not weights.is_file():
+            raise CheckpointError(
+                f"{weights}: not found (the run has not finished; pass --checkpoint {run_dir}/checkpoints/step_...)"
+            )
+        if run_dir is not None and (run_dir / "summary.json").is_file():
+            step = json.loads((run_dir / "summary.json").read_text()).get("steps")
+        if cfg is None:
+            cfg = _config_from_metadata(weights)
+    if model is not None:  # a user module's run: its weights into the fresh instance, adapted to the protocol
+        built = _as_vae(load_model(weights, model=model), cfg, type(model).__name__).eval()
+    else:
+        built = load_model(weights)
+    return Loaded(built, name, str(weights), run_dir, cfg, step)
 
 
 def _config_from_metadata(path: Path) -> Any:
