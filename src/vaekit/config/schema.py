@@ -138,7 +138,10 @@ class DataConfig(Section):
 
     # table / tags / records
     columns: list[str | int] | None = None
-    """table: the columns to keep (names, or 0-based indices); None: every column but ``id_column``."""
+    """table: the columns to keep, in order: names, 0-based indices, index ranges ``"3:177"`` (Python slice:
+    3 to 176; ``"1:"`` all but the first, ``":-1"`` all but the last), globs ``"label_*"`` (``*``, ``?``, ``[..]``)
+    or regular expressions ``"re:^px\\d+$"`` (matching the whole name). An exact column name always wins.
+    None: every column but ``id_column``."""
     id_column: str | int | None = None
     """table: a column to drop (an identifier)."""
     header: bool | None = None
@@ -175,13 +178,41 @@ class DataConfig(Section):
     min_item_events: int = Field(1, ge=1)
     """records: drop items seen in fewer training events (alias of ``min_count`` for records; the larger wins)."""
 
+    # table layout, test files and scaling (issue 19)
+    test_path: str | None = None
+    """table: a second file of the same columns used as the test split (data that comes as a train/test pair);
+    ``data.path`` then gives only train and validation (``split``'s test share must be 0). Normalisation and
+    imputation use statistics of the training split of ``data.path``."""
+    shape: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] | None = None
+    """table: reshape each row into an image ``[C, H, W]`` (or ``[H, W]``: one channel) or a clip ``[C, T, H, W]``,
+    e.g. ``[1, 8, 8]`` for the sklearn digits, ``[1, 28, 28]`` for MNIST as CSV; the product must equal the number
+    of kept columns (choose them with ``data.columns``, e.g. ``"1:"``). The values must then lie in [0, 1]: set
+    ``scale`` (e.g. 16 or 255) or ``normalize: minmax``."""
+    scale: float | None = Field(None, gt=0.0)
+    """table: divide every value by this number before normalisation (255 for 8-bit pixels, 16 for the sklearn
+    digits); kept in ``data_meta.json`` as ``scale``. None: values as read."""
+
     @field_validator("split")
     @classmethod
     def _split_fractions(cls, v: list[float] | None) -> list[float] | None:
         if v is None:
             return v
-        if len(v) != 3 or any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
-            raise ValueError("must be three fractions [train, val, test], each >= 0, train > 0, summing to 1")
+        if len(v) != 3 or any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("must be three fractions [train, val, test], each >= 0, summing to 1 (a train share of 0 "
+                             "is for evaluation only, e.g. [0, 0, 1] evaluates on everything)")
+        return v
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _one_column_spec(cls, v: Any) -> Any:
+        # ``data.columns="1:"`` on the command line: one range or pattern is a list of one
+        return [v] if isinstance(v, str | int) and not isinstance(v, bool) else v
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_rank(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(v) not in (2, 3, 4):
+            raise ValueError("must be [H, W], [C, H, W] (an image) or [C, T, H, W] (a clip)")
         return v
 
     @model_validator(mode="after")
