@@ -14,7 +14,6 @@ import pytest
 import soundfile as sf
 import torch
 
-import vaekit
 from vaekit.config.schema import DataConfig
 from vaekit.data import build_data
 from vaekit.errors import ConfigError, DataError
@@ -185,17 +184,3 @@ def test_pixel_column_csv_reshapes_into_images_with_the_scaling_stated(tmp_path:
         build_data(_table_cfg(path, columns="1:", shape=[8, 8]), seed=0)
     with pytest.raises(ConfigError, match=r"data.shape: \[1, 8, 8\] holds 64 values per row, but 65 columns"):
         build_data(_table_cfg(path, shape=[1, 8, 8], scale=16), seed=0)
-
-
-def test_pixel_column_csv_trains_as_images_with_the_conv_model(tmp_path: Path) -> None:
-    path = _digits_csv(tmp_path / "digits.csv", n=32)
-    result = vaekit.train(
-        {
-            "run": {"dir": str(tmp_path), "name": "digits"},
-            "data": {"source": "table", "path": str(path), "columns": "1:", "shape": [1, 8, 8], "scale": 16},
-            "model": {"arch": "conv", "hidden_dims": [4, 8], "latent_dim": 2},
-            "train": {"max_steps": 2, "batch_size": 8, "val_batches": 1},
-            "log": {"progress": False, "samples": False, "plots": False},
-        }
-    )
-    assert type(result.model).__name__.startswith("Conv") and (result.run_dir / "metrics.jsonl").is_file()
