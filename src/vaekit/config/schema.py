@@ -463,6 +463,10 @@ class LogConfig(Section):
     samples: bool = True
     """Write input/reconstruction grids and prior samples at each validation."""
     num_samples: int = Field(16, ge=1, le=1024)
+    keep_samples: int | None = Field(10, ge=1)
+    """Sample files (grids, wav, mp4) of only the last N validations of each stage are kept under ``samples/``;
+    older ones are deleted as new ones are written, so a long run does not pile up hundreds of images.
+    None: keep every validation's samples."""
     plots: bool = True
     wandb: bool = False
     """Log to Weights & Biases (``pip install vaekit[wandb]``); the run id is kept in ``trackers.json``."""
