@@ -184,3 +184,4 @@ def test_pixel_column_csv_reshapes_into_images_with_the_scaling_stated(tmp_path:
         build_data(_table_cfg(path, columns="1:", shape=[8, 8]), seed=0)
     with pytest.raises(ConfigError, match=r"data.shape: \[1, 8, 8\] holds 64 values per row, but 65 columns"):
         build_data(_table_cfg(path, shape=[1, 8, 8], scale=16), seed=0)
+

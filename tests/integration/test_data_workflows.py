@@ -1,4 +1,5 @@
-"""A pixel-column CSV (the sklearn digits layout) trains as images with the conv model (issue 19)."""
+"""Data workflows end to end (issue 19): a pixel-column CSV (the sklearn digits layout) trains as images with the
+conv model; an evaluation-only split is refused for training in one line."""
 
 from __future__ import annotations
 
@@ -29,3 +30,13 @@ def test_pixel_column_csv_trains_as_images_with_the_conv_model(tmp_path: Path) -
         }
     )
     assert type(result.model).__name__.startswith("Conv") and (result.run_dir / "metrics.jsonl").is_file()
+
+
+def test_training_on_a_split_without_a_train_share_is_one_line_naming_data_split(tmp_path: Path, capsys) -> None:
+    from vaekit.cli import main
+
+    code = main(["train", "data.source=shapes", "data.num_samples=40", "data.split=[0,0.5,0.5]", "model.arch=mlp",
+                 f"run.dir={tmp_path}", "log.progress=false"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit:")]
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("vaekit: config error: data.split: [0.0, 0.5, 0.5] leaves no training data"), err
