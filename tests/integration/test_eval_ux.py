@@ -85,3 +85,30 @@ def test_compare_notes_that_different_likelihoods_make_elbos_incomparable(
     assert "note: the models use different likelihoods (bce: bce, mse: mse); their neg_elbo / iwae_nll are not " \
            "comparable" in err
     assert "> note: the models use different likelihoods" in (out / "compare.md").read_text()
+
+
+def _write_video(path: Path, frames: int, size: int = 16) -> Path:
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        for i in range(frames):
+            pixels = np.full((size, size, 3), (8 * i) % 256, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_eval_of_a_video_folder_run_writes_its_clip(tmp_path: Path, capsys) -> None:
+    for k in range(2):
+        _write_video(tmp_path / "videos" / f"v{k}.mp4", frames=16)
+    tree = tiny_tree(tmp_path / "runs", "video",
+                     data={"source": "video_folder", "path": str(tmp_path / "videos"), "frames": 4, "image_size": 16,
+                           "num_samples": None, "val_fraction": 0.25},
+                     model={"hidden_dims": [4, 8]}, train={"max_steps": 1, "batch_size": 2, "val_batches": 1})
+    run = vaekit.train(tree).run_dir
+    assert json.loads((run / "data_meta.json").read_text())["fps"] == [30.0]  # a list: int() crashed on it
+    assert main(["eval", str(run), "--batches", "1", "--k", "2", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert list((run / "eval").glob("*/recon.mp4"))
