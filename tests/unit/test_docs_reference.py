@@ -1,0 +1,39 @@
+"""The generated reference pages match the code, and every config key documents itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from vaekit.config.schema import StageConfig, VaekitConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _undocumented(model: type[BaseModel], prefix: str) -> list[str]:
+    missing = []
+    for name, field in model.model_fields.items():
+        if not (field.description or "").strip():
+            missing.append(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            missing += _undocumented(field.annotation, f"{prefix}{name}.")
+    return missing
+
+
+def test_every_config_key_has_a_docstring():
+    missing = _undocumented(VaekitConfig, "") + _undocumented(StageConfig, "stages[i].")
+    assert not missing, (
+        "config keys without a docstring (write a string literal right after the field in schema.py): "
+        + ", ".join(missing)
+    )
+
+
+def test_generated_reference_pages_are_current():
+    """Fails when schema.py or cli.py changed without `python3 docs/gen_reference.py` being rerun."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
