@@ -2,8 +2,8 @@
 
 A fenced block tagged ``bash``/``sh``/``shell``/``python``/``py`` is run, unless the line before it (blank lines
 aside) is ``<!-- illustrative -->`` (it needs a GPU, the hub, real data or a shell) — blocks tagged ``text`` or
-``yaml`` are not commands. Each page runs in a fresh directory holding tiny data under the names the pages use
-(``photos/``, ``clips/``, ``sounds/``, ``table.csv``, ``songs.csv``, ``surveys.csv``, ``my.yaml``) and a link to
+``yaml`` are not commands (a ``yaml`` block must load as a config). Each page runs in a fresh directory holding
+tiny data under the names the pages use (``photos/``, ``clips/``, ``sounds/``, ``table.csv``, ``songs.csv``, ``surveys.csv``, ``my.yaml``) and a link to
 ``examples/``. ``vaekit ...`` commands run in-process through ``vaekit.cli.main`` and must exit 0; ``train`` and
 ``validate`` get ``TINY`` appended (two optimizer steps on a few samples), and ``<!-- test: key=value ... -->``
 before a block appends more. Python blocks of one page share one namespace; ``vaekit.train`` appends ``TINY``.
@@ -175,3 +175,15 @@ def test_markers_are_known() -> None:
                     "<!-- test:"
                 )
                 assert ok or not marker.startswith("<!--"), f"{_page_id(page)}:{block['line']}: {marker}"
+
+
+def test_yaml_configs_in_the_docs_are_valid() -> None:
+    """A ```yaml block is a config: it must load (keys and values checked; its data is not read)."""
+    import yaml
+
+    from vaekit.config.load import load_config
+
+    for page in PAGES:
+        for block in blocks(page):
+            if block["tag"] == "yaml" and "illustrative" not in block["marker"]:
+                load_config(yaml.safe_load(block["code"]))
