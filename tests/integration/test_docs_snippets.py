@@ -1,13 +1,14 @@
 """Every command and Python snippet in README.md and docs/ is run here, or marked illustrative.
 
-A fenced block tagged ``bash``/``sh``/``shell``/``python``/``py`` is run, unless the line before it (blank lines
-aside) is ``<!-- illustrative -->`` (it needs a GPU, the hub, real data or a shell) — blocks tagged ``text`` or
-``yaml`` are not commands (a ``yaml`` block must load as a config). Each page runs in a fresh directory holding
-tiny data under the names the pages use (``photos/``, ``clips/``, ``sounds/``, ``table.csv``, ``songs.csv``, ``surveys.csv``, ``my.yaml``) and a link to
-``examples/``. ``vaekit ...`` commands run in-process through ``vaekit.cli.main`` and must exit 0; ``train`` and
-``validate`` get ``TINY`` appended (two optimizer steps on a few samples), and ``<!-- test: key=value ... -->``
-before a block appends more. Python blocks of one page share one namespace; ``vaekit.train`` appends ``TINY``.
-README.md may not mark anything illustrative: its two set-up commands are the ones .ci/run runs.
+A fenced block tagged ``bash``/``sh``/``shell``/``python``/``py`` is run, unless the line before it (blank
+lines aside) is ``<!-- illustrative -->`` (it needs a GPU, the hub, real data or a shell) — blocks tagged
+``text`` or ``yaml`` are not commands (a ``yaml`` block must load as a config). Each page runs in a fresh
+directory holding tiny data under the names the pages use (``photos/``, ``clips/``, ``sounds/``,
+``table.csv``, ``songs.csv``, ``surveys.csv``, ``my.yaml``) and a link to ``examples/``. ``vaekit ...``
+commands run in-process through ``vaekit.cli.main`` and must exit 0; ``train`` and ``validate`` get ``TINY``
+appended (two optimizer steps on a few samples), and ``<!-- test: key=value ... -->`` before a block appends
+more. Python blocks of one page share one namespace; ``vaekit.train`` appends ``TINY``. README.md may not mark
+anything illustrative: its two set-up commands are the ones .ci/run runs.
 """
 
 from __future__ import annotations
