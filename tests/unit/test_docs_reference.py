@@ -37,3 +37,14 @@ def test_generated_reference_pages_are_current():
         [sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_readme_is_short_and_its_links_resolve():
+    """The README is a front page (under 200 lines); the details live in docs/, which its links must reach."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) < 200
+    targets = {t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t}
+    missing = sorted(t for t in targets if t and not (ROOT / t).exists())
+    assert not missing, f"README links to missing files: {missing}"
