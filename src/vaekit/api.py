@@ -70,8 +70,8 @@ def train(
     Args:
         config: the run config; None uses the defaults (the shapes data set).
         model: an ``nn.Module`` following the model protocol (``encode(x)`` → posterior, ``decode(z)`` →
-            reconstruction; see docs/tutorials/your-own-model.md), trained instead of a built-in family; a mapping is the ``model``
-            config section, like ``train={...}``.
+            reconstruction; see docs/tutorials/your-own-model.md), trained instead of a built-in family; a
+            mapping is the ``model`` config section, like ``train={...}``.
         train_data, val_data: a map-style ``Dataset``, a ``DataLoader`` or an array/tensor ``(N, ...)``; without
             ``val_data`` a seeded ``data.val_fraction`` of ``train_data`` is held out (sets ``data.source=tensor``).
         resume: a run directory to continue exactly where its last checkpoint stopped (pass the same ``model`` /
