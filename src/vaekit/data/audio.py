@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -91,7 +90,9 @@ def wav_declared_frames(path: Path) -> int | None:
     (a streaming writer's 0 or 0xFFFFFFFF size, RF64, or no fmt/data chunk in the first 64 KiB)."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(65536)
+            head = fh.read(4096)  # the fmt and data chunk headers are almost always here
+            if b"data" not in head:
+                head += fh.read(65536 - len(head))
     except OSError:
         return None
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -273,7 +274,7 @@ def build_audio_folder(cfg: DataConfig, seed: int) -> DataBundle:
         raise DataError(f"{root}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) found")
     paths = paths[: cfg.num_samples] if cfg.num_samples is not None else paths
     # reading and validating: headers, truncation, non-finite float samples
-    files, errors = probe_all(paths, probe_audio, cfg.on_error, "audio file(s)", min(8, os.cpu_count() or 1))
+    files, errors = probe_all(paths, probe_audio, cfg.on_error, "audio file(s)")  # threads do not help libsndfile
     if not files:
         raise DataError(f"{root}: no readable audio file")
     rates = sorted({f.sample_rate for f in files})

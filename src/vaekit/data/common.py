@@ -67,7 +67,7 @@ def probe_all(
 
     items = list(items)
     if threads > 1 and len(items) > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL and libsndfile decode without the GIL
+        with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes without the GIL
             results = list(pool.map(one, items))
     else:
         results = [one(i) for i in items]
