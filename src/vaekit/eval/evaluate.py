@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 
+# long because its docstring documents every argument; the body is a dozen lines
 def evaluate(
     model_or_run: nn.Module | str | Path,
     data: Any = None,
@@ -84,8 +85,7 @@ def evaluate(
         lpips_net, lpips_pretrained, lpips_weights: LPIPS backbone (alex, vgg, squeeze), ``False`` for a random
             trunk (tests only), the torchvision weights file (default: the torch hub cache).
         fid_feature, fid_weights: a feature extractor replacing InceptionV3 / the InceptionV3 weights file.
-        model: for a run that trained a user module: a fresh instance of its class (the run's weights are loaded
-            into it, its likelihood read from the run's config).
+        model: a fresh instance of the user module a run trained (the run's weights are loaded into it).
         progress: a progress bar over the batches on stderr, then the time each metric took.
 
     Returns:
