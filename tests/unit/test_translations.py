@@ -130,3 +130,15 @@ def test_a_config_files_data_paths_are_relative_to_the_file(tmp_path, monkeypatc
     assert cfg.data.path == str(folder / "data" / "t.csv")
     assert cfg.stages[0].data["path"] == str(folder / "data" / "t.csv")
     assert load_config(folder / "cfg.yaml", ["data.path=other.csv"]).data.path == "other.csv"  # overrides: cwd
+
+
+def test_limit_batches_cuts_each_epoch(tmp_path) -> None:
+    import vaekit
+
+    tree = {"run": {"dir": str(tmp_path), "name": "lim"}, "data": {"source": "shapes", "num_samples": 400,
+            "image_size": 32}, "model": {"hidden_dims": [8, 16], "latent_dim": 4, "norm": "group"},
+            "train": {"batch_size": 32, "epochs": 2, "limit_batches": 3, "val_batches": 1},
+            "log": {"progress": False, "samples": False, "plots": False}}
+    result = vaekit.train(tree)
+    assert result.summary["steps"] == 6  # 2 epochs × 3 batches, not 2 × 11
+    assert [r["step"] for r in result.history if r.get("kind") == "epoch"] == [3, 6]

@@ -514,6 +514,9 @@ class TrainConfig(Section):
     """Validate every N optimizer steps. Default: at the end of every epoch."""
     val_batches: int | None = Field(None, ge=1)
     """Limit validation to this many batches."""
+    limit_batches: int | None = Field(None, ge=1)
+    """Train on at most this many batches per epoch (Lightning's ``limit_train_batches`` as a count): a quick
+    test of a long pipeline. None: every batch."""
     ckpt_every: int | None = Field(None, ge=1)
     """Checkpoint every N optimizer steps (also at every epoch end and at the end of the run)."""
     keep_last: int = Field(2, ge=1)

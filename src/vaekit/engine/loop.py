@@ -27,6 +27,12 @@ from vaekit.engine.updates import Update
 from vaekit.engine.validation import Validator
 
 
+def epoch_batches(plan: Plan) -> int:
+    """Batches in one epoch of the plan: the loader's, or ``train.limit_batches`` when fewer."""
+    n, limit = len(plan.train_loader), plan.cfg.train.limit_batches
+    return min(n, limit) if limit is not None else n
+
+
 class Trainer(Blocks):
     """Runs plans on one model (and discriminator) with one EMA, RNG, noise stream, meters and checkpoints."""
 
@@ -60,8 +66,10 @@ class Trainer(Blocks):
             while reason is None:
                 plan.train_loader.set_epoch(st.epoch)
                 self.emit("epoch_start")
-                micro, n = [], len(plan.train_loader)
+                micro, n = [], epoch_batches(plan)
                 for batch in plan.train_loader.iter_from(st.batch_in_epoch):
+                    if st.batch_in_epoch >= n:  # train.limit_batches: the rest of the epoch is skipped
+                        break
                     micro.append(batch)
                     st.batch_in_epoch += 1
                     if len(micro) < accum and st.batch_in_epoch < n:

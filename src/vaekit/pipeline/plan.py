@@ -38,7 +38,8 @@ def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
     if stage.index > 0:  # the first stage's data were checked before the run directory was made
         check_target_range(cfg.loss.recon, data.train, f"stages.{stage.index}.loss.recon")
     train_loader, val_loader = loaders(rt, cfg, data)
-    clock = StageClock(stage.spec, math.ceil(len(train_loader) / cfg.train.grad_accum))
+    per_epoch = min(len(train_loader), cfg.train.limit_batches or len(train_loader))  # train.limit_batches
+    clock = StageClock(stage.spec, math.ceil(per_epoch / cfg.train.grad_accum))
     total = clock.limit_steps()
     if not resuming and stage.spec.init_from:
         _init_from(run, stage.spec.init_from)
