@@ -328,3 +328,24 @@ def test_evaluate_a_user_module_run_with_a_fresh_instance(tmp_path: Path) -> Non
     assert out["metrics"]["mse"] < 0.5 and out["samples"] == 64
     direct = vaekit.evaluate(_TagVAE(declare="probabilities"), x[:64], metrics=["mse"], k=2)
     assert "mse" in direct["metrics"]
+
+
+# ------------------------------------------------------------------ a diffusers model's defaults and description
+def test_diffusers_defaults_to_mse_and_validate_shows_its_own_config(tmp_path: Path) -> None:
+    import diffusers
+
+    from vaekit.config.load import load_config
+    from vaekit.pipeline.summary import summarize
+
+    folder = tmp_path / "tiny-vae"
+    diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=[8, 16], layers_per_block=1, latent_channels=2,
+        norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    ).save_pretrained(str(folder))
+    cfg = load_config({"data": {"source": "shapes", "num_samples": 32, "image_size": 16, "channels": 3},
+                       "model": {"arch": "diffusers", "pretrained": str(folder)}})
+    assert cfg.loss.recon == "mse"  # was bce, which the model cannot serve, and an error asking for mse
+    text = summarize(cfg)
+    assert "diffusers AutoencoderKL from" in text and "block_out_channels [8, 16]" in text
+    assert "hidden [32, 32, 64, 64]" not in text
+    assert load_config({"model": {"arch": "diffusers", "pretrained": "x"}, "loss": {"recon": "l1"}}).loss.recon == "l1"

@@ -708,3 +708,10 @@ class VaekitConfig(Section):
         if isinstance(v, list) and len(v) > MAX_STAGES:  # before validating thousands of items
             raise ValueError(f"at most {MAX_STAGES} stages (got {len(v)})")
         return v
+
+    @model_validator(mode="after")
+    def _diffusers_default_recon(self) -> VaekitConfig:
+        # a diffusers decoder outputs samples, not logits: its default likelihood is mse, not the global bce
+        if self.model.arch == "diffusers" and "recon" not in self.loss.model_fields_set:
+            self.loss.recon = "mse"
+        return self

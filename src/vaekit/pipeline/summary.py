@@ -105,7 +105,10 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
     else:
         lines.append(f"data       {first.source} {first.path or ''}".rstrip())
     m = cfg.model
-    model_line = f"model      {m.arch} latent {m.latent_dim} ({m.latent}), hidden {m.hidden_dims}, norm {m.norm}, {m.activation}"
+    if m.arch == "diffusers":  # a pretrained model is described by its own config (once built), not our fields
+        model_line = f"model      diffusers {m.class_name} from {m.pretrained} ({m.torch_dtype})"
+    else:
+        model_line = f"model      {m.arch} latent {m.latent_dim} ({m.latent}), hidden {m.hidden_dims}, norm {m.norm}, {m.activation}"
     if build:
         model_line += _build_models(cfg, stages, infos)
     lines.append(model_line)
@@ -206,6 +209,10 @@ def _build_models(cfg: VaekitConfig, stages: list, infos: dict) -> str:
     try:
         model = build_model(cfg.model, shape, cfg.loss.recon)
         text = f", {count_parameters(model):,} parameters, latent shape {tuple(model.latent_shape)}"
+        own = model.config.get("config") if cfg.model.arch == "diffusers" else None
+        if isinstance(own, dict):
+            keys = ("block_out_channels", "latent_channels", "layers_per_block", "down_block_types", "sample_size")
+            text += "; " + ", ".join(f"{k} {own[k]}" for k in keys if k in own)
         adv = next((s for s in stages if s.adversarial), None)
         if adv is not None:
             disc = build_discriminator(adv.cfg.loss.adversarial.discriminator, shape)
