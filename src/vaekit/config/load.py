@@ -305,9 +305,9 @@ DATA_PATH_KEYS = ("path", "events_path")
 def _paths_from_file(tree: dict[str, Any], folder: Path) -> None:
     """A config file's relative data paths name files beside the config: each one that exists relative to the
     file's folder becomes that path (else it stays relative to the current directory, as before)."""
-    sections = [tree.get("data"), (tree.get("stage_defaults") or {}).get("data") if isinstance(
-        tree.get("stage_defaults"), dict) else None]
-    sections += [st.get("data") for st in tree.get("stages") or [] if isinstance(st, dict)]
+    defaults, stages = tree.get("stage_defaults"), tree.get("stages")
+    sections = [tree.get("data"), defaults.get("data") if isinstance(defaults, dict) else None]
+    sections += [st.get("data") for st in (stages if isinstance(stages, list) else []) if isinstance(st, dict)]
     for data in sections:
         if not isinstance(data, dict):
             continue
