@@ -1,13 +1,14 @@
 """The audio example against predicting silence: trains ``examples/audio_digits.yaml`` (with any overrides) and
 prints the validation MSE of its reconstructions next to the MSE of an all-zero prediction (mean x²).
 
-    PYTHONPATH=src python3 bench/audio_vs_silence.py [key=value ...]
+    PYTHONPATH=src python3 bench/audio_vs_silence.py [key=value ...]     # AVS_DIR=DIR for another run folder
 
 Needs the free spoken digits under /work/shared/data (see examples/audio_digits.yaml).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from vaekit.config.load import load_config, resolve_dict
 from vaekit.data import build_data
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "audio_digits.yaml"
+OUT = os.environ.get("AVS_DIR", "/tmp/audio-vs-silence")  # where the run goes (overwritten)
 
 
 def silence_mse(cfg) -> float:  # noqa: ANN001
@@ -33,8 +35,8 @@ def silence_mse(cfg) -> float:  # noqa: ANN001
 
 
 def main(overrides: list[str]) -> None:
-    tree = resolve_dict(EXAMPLE, ["run.dir=/tmp/audio-vs-silence", "run.overwrite=true", "log.samples=false",
-                                  "log.progress=false", *overrides])
+    tree = resolve_dict(EXAMPLE, [f"run.dir={OUT}", "run.overwrite=true", "log.samples=false", "log.progress=false",
+                                  *overrides])
     cfg = load_config(tree)
     started = time.time()
     result = vaekit.train(tree)
@@ -42,7 +44,7 @@ def main(overrides: list[str]) -> None:
     silence = silence_mse(cfg)
     print(f"steps {result.summary['steps']}  wall {time.time() - started:.0f}s  val mse {val['mse']:.5g}  "
           f"silence mse {silence:.5g}  ratio {val['mse'] / silence:.3f} ({(1 - val['mse'] / silence):.1%} better)")
-    torch.save(result.history, "/tmp/audio-vs-silence/history.pt")
+    torch.save(list(result.history), f"{OUT}/history.pt")
 
 
 if __name__ == "__main__":
