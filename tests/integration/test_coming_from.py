@@ -3,8 +3,9 @@
 temporary folder holding tiny stand-ins for the data the pages name (``tags.csv``, ``frames/``, ``audio/``).
 
 YAML blocks are written under their title (a file name) and trained; ``vaekit`` lines of bash blocks run through
-the CLI; Python blocks are executed. Sizes are cut down by the overrides in the HTML comment that follows a
-block (``<!-- run: train.max_steps=2 -->``), added to every train of that block (after the page's own).
+the CLI; Python blocks are executed. Sizes are cut down by the overrides in the HTML comment right before a
+block (``<!-- test: train.max_steps=2 -->``, as in test_docs_snippets.py), added to every train of that block;
+``<!-- test: write-only -->`` writes a YAML block without training it.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import torch
 import vaekit
 
 PAGES = sorted((Path(__file__).resolve().parents[2] / "docs" / "coming-from").glob("*.md"))
-BLOCK = re.compile(r'```(yaml|python|bash) title="([^"]+)"\n(.*?)```[ \t]*\n(?:\s*<!-- run: (.*?) -->)?', re.S)
+BLOCK = re.compile(r'(?:<!-- test: (.*?) -->\n)?```(yaml|python|bash) title="([^"]+)"\n(.*?)```', re.S)
 QUIET = ["run.dir=runs", "log.progress=false", "log.samples=false", "log.plots=false", "train.val_batches=1"]
 
 
 def blocks(page: Path) -> list[tuple[str, str, str, list[str]]]:
     """``(kind, title, text, overrides)`` of each titled block of ``page``, in order."""
     return [(kind, title, text, shlex.split(run or ""))
-            for kind, title, text, run in BLOCK.findall(page.read_text())]
+            for run, kind, title, text in BLOCK.findall(page.read_text())]
 
 
 def _stand_in_data(root: Path) -> None:
