@@ -350,7 +350,8 @@ class PerceptualConfig(Section):
 
 class SpectralConfig(Section):
     weight: float = Field(0.0, ge=0.0)
-    """Multi-resolution STFT term (audio); 0 disables it."""
+    """Multi-resolution STFT term (audio): ``weight·MRSTFT`` per clip (a mean over frequency bins and frames, as
+    a mean-reduced trainer's λ); 1 is a sensible start (the audio preset); 0 disables it."""
     fft_sizes: list[int] = Field(default_factory=lambda: [1024, 2048, 512])
     """FFT size per resolution (fft_sizes, hop_sizes and win_lengths must have equal lengths)."""
     hop_sizes: list[int] = Field(default_factory=lambda: [120, 240, 50])
@@ -417,10 +418,10 @@ class LossConfig(Section):
     """KL weight β (the final weight of the linear/cyclical schedules)."""
     reduction: Literal["sum", "mean"] = "sum"
     """How the reconstruction enters the loss. sum: summed over a sample's N elements (nats per sample, the
-    ELBO); perceptual and spectral distances are then added to each element (×N). mean: averaged over them, as
-    ``F.mse_loss(recon, x)`` in a mean-reduced script, so its ``kld_weight`` is this ``beta`` unchanged and its
-    spectral λ is ``spectral.weight`` unchanged (no ×N). In sum units that is ``beta = kld_weight·N``. The logged
-    ``recon`` stays the summed NLL either way."""
+    ELBO); the perceptual distance is then added to each element (×N). mean: averaged over them, as
+    ``F.mse_loss(recon, x)`` in a mean-reduced script, so its ``kld_weight`` is this ``beta`` unchanged (in sum
+    units: ``beta = kld_weight·N``). The spectral term is ``spectral.weight·MRSTFT`` in both. The logged ``recon``
+    stays the summed NLL either way."""
     kl: KLConfig = Field(default_factory=KLConfig)
     """KL schedule and free bits."""
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)

@@ -45,7 +45,7 @@ def _scalar(value: float, like: Tensor) -> Tensor:
 class VAEObjective(nn.Module):
     """The autoencoder's loss: weighted reconstruction NLL + KL term + perceptual + spectral + adversarial.
 
-    ``total = recon_weight·nll + kl_term + N·(perceptual.weight·perc + spectral.weight·spec) + adversarial``, each
+    ``total = recon_weight·nll + kl_term + N·perceptual.weight·perc + spectral.weight·spec + adversarial``, each
     a batch mean of per-sample values. The perceptual and spectral distances are per-element quantities added to
     every one of the N elements of a sample (as latent-diffusion adds LPIPS to each pixel's L1), so that weight 1
     balances them against a reconstruction NLL summed over those N elements; ``terms`` logs the raw distances.
@@ -130,7 +130,9 @@ class VAEObjective(nn.Module):
                 spec.w_lin_mag,
             ).mean()
             terms["spectral"] = spectral
-            total = total + spec.weight * per_elem * spectral
+            # not ×N: a clip's spectral distance is one number per clip (λ = 1 balances a summed waveform NLL on
+            # speech; ×N made λ = 1 thousands of times too strong), in either reduction
+            total = total + spec.weight * spectral
 
         if adv_on:
             total = total + self._adversarial_term(fake, target, rec_loss, discriminator, last_layer, terms)
