@@ -77,7 +77,32 @@ def build_parser() -> argparse.ArgumentParser:
                        "save_pretrained folder (default OUT: RUN_DIR/diffusers)")
     p_exp.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory instead of the run's export")
     p_exp.add_argument("--out", metavar="DIR", help="output folder")
+    _data_commands(sub)
     return parser
+
+
+# ------------------------------------------------------------------ shards and latents (issue 16)
+def _data_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shard", help="pack a folder, table or config's data into webdataset tar shards")
+    p.add_argument("src", metavar="SRC", help="a folder (images, sound or video files), a table file or a YAML config")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="data overrides for a config or table")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder for the shards")
+    p.add_argument("--samples-per-shard", type=int, default=1000, metavar="N")
+    p.add_argument("--labels", choices=["none", "folder"], default="none",
+                   help="folder: the class folder's index as each sample's cls member")
+    p.add_argument("--split", nargs="+", choices=["train", "val", "test"], default=None,
+                   help="a config's splits to pack (default: all, in that order)")
+
+
+def _data_dispatch(args: argparse.Namespace) -> int | None:
+    if args.command == "shard":
+        from vaekit.data.pack import shard
+
+        out = shard(args.src, args.out, args.samples_per_shard, overrides=args.overrides,
+                    labels=args.labels == "folder", splits=args.split)
+        print(out)
+        return 0
+    return None
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
@@ -118,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    done = _data_dispatch(args)
+    if done is not None:
+        return done
     if args.command == "presets":
         from vaekit.config.load import list_presets
 
