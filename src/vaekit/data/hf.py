@@ -74,15 +74,18 @@ def open_dataset(cfg: DataConfig, split: str, key: str) -> Any:
     """The ``split`` of ``data.path`` as a ``datasets.Dataset`` (or ``IterableDataset`` when streaming)."""
     import datasets
 
+    datasets.disable_progress_bars()
+
     path, hf = str(cfg.path), cfg.hf
     p = Path(path)
     if p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file()):
         if hf.streaming:
             raise ConfigError("data.hf.streaming: a save_to_disk folder is read memory-mapped; set it to false")
         try:
-            return _select(datasets.load_from_disk(path), split, path, key)
+            loaded = datasets.load_from_disk(path)
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: cannot load the save_to_disk folder ({e})") from e
+        return _select(loaded, split, path, key)
     local = _local_files(path)
     if local is not None:
         kind, files = local

@@ -125,19 +125,17 @@ def index_shard(url: str, shard: int, skip: bool) -> tuple[list[ShardSample], st
                 for info in tar:
                     if not info.isfile() or info.name.startswith("__") or "/." in f"/{info.name}":
                         continue
+                    key, ext = split_key(info.name)
                     if info.offset_data + info.size > end:
                         problem = f"truncated (member {info.name} runs past the end of the file)"
+                        samples.pop(key, None)  # the sample broken off may miss members
                         break
-                    key, ext = split_key(info.name)
                     samples.setdefault(key, {})[ext] = Member(info.offset_data, info.size)
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         problem = f"cannot read tar ({type(e).__name__}: {e})"
     if problem is not None and not skip:
         raise DataError(f"{url}: {problem} (set data.on_error=skip to leave its incomplete samples out)")
-    out = [ShardSample(shard, k, m) for k, m in samples.items()]
-    if problem is not None and out:
-        out.pop()  # the sample being read when the shard broke off may miss members
-    return out, problem
+    return [ShardSample(shard, k, m) for k, m in samples.items()], problem
 
 
 def index_shards(urls: list[str], skip: bool) -> tuple[list[ShardSample], list[str]]:
