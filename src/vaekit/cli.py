@@ -93,6 +93,27 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", nargs="+", choices=["train", "val", "test"], default=None,
                    help="a config's splits to pack (default: all, in that order)")
 
+    p = sub.add_parser("encode", help="encode a data set with a run's model: latent shards, stats.json, manifest.json")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", nargs="+", metavar="CONFIG_OR_OVERRIDES", help="a YAML (its data section) or data.* "
+                   "overrides (default: the run's own data)")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new folder (or one this encode left unfinished)")
+    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--mean", dest="mode", action="store_const", const="mean", help="the posterior mean (default)")
+    mode.add_argument("--sample", dest="mode", action="store_const", const="sample", help="one posterior draw")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "webdataset"])
+    p.add_argument("--samples-per-chunk", type=int, default=1024, metavar="N")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
+
+    p = sub.add_parser("decode", help="decode latents written by `vaekit encode` back to images, wavs or mp4s")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("latents", metavar="LATENTS")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
+
 
 def _data_dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "shard":
@@ -101,6 +122,20 @@ def _data_dispatch(args: argparse.Namespace) -> int | None:
         out = shard(args.src, args.out, args.samples_per_shard, overrides=args.overrides,
                     labels=args.labels == "folder", splits=args.split)
         print(out)
+        return 0
+    if args.command == "encode":
+        from vaekit.latents.encode import encode_dataset
+
+        out = encode_dataset(args.run_dir, args.out, data=args.data, split=args.split, mode=args.mode or "mean",
+                             fmt=args.format, batch_size=args.batch_size, per_chunk=args.samples_per_chunk,
+                             device=args.device)
+        if (out / "manifest.json").is_file():
+            print(out)
+        return 0
+    if args.command == "decode":
+        from vaekit.latents.encode import decode_latents
+
+        print(decode_latents(args.run_dir, args.latents, args.out, batch_size=args.batch_size, device=args.device))
         return 0
     return None
 
