@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--split", default="val", choices=["val", "test", "train"])
     p_eval.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory (checkpoints/step_XXXXXXXX)")
     p_eval.add_argument("--ema", action="store_true", help="with --checkpoint: its ema.safetensors")
+    p_eval.add_argument("--tiled", type=int, metavar="TILE", help="tiled vs untiled reconstruction with windows of "
+                        "TILE pixels: the error near the seams vs inside (eval/tiled-<split>.json)")
+    p_eval.add_argument("--overlap", type=int, metavar="PX", help="with --tiled: window overlap (default TILE/4)")
+    p_eval.add_argument("--tile-frames", type=int, metavar="T", help="with --tiled, video: temporal chunk length")
+    p_eval.add_argument("--frame-overlap", type=int, default=0, metavar="T", help="with --tile-frames: overlap")
     _eval_options(p_eval)
 
     p_cmp = sub.add_parser("compare", help="evaluate several runs on the same batches: compare.json/.md/.png")
@@ -264,6 +269,8 @@ def _eval_command(args: argparse.Namespace) -> int:
     if args.ema and not args.checkpoint:
         raise ConfigError("--ema needs --checkpoint (the exported model.safetensors already holds the EMA weights)")
     loaded = load_for_eval(run_dir, args.checkpoint, args.ema)
+    if args.tiled:
+        return _tiled_eval(args, loaded, run_dir)
     tag = f"{args.split}-{loaded.step if loaded.step is not None else 'final'}" + ("-ema" if args.ema else "")
     out = run_dir / "eval"
     result = evaluate(loaded, args.overrides or None, out_dir=out / tag, **_eval_kwargs(args))
@@ -272,6 +279,25 @@ def _eval_command(args: argparse.Namespace) -> int:
     print(markdown_table({loaded.name: result}))
     for name, reason in result["skipped"].items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _tiled_eval(args: argparse.Namespace, loaded, run_dir: Path) -> int:  # noqa: ANN001
+    """``vaekit eval --tiled``: RUN_DIR/eval/tiled-<split>.json."""
+    import json
+
+    from vaekit.eval.tiled import evaluate_tiled
+
+    kw = _eval_kwargs(args)
+    result = evaluate_tiled(loaded, args.overrides or None, split=args.split, tile=args.tiled, overlap=args.overlap,
+                            frames=args.tile_frames, frame_overlap=args.frame_overlap, batches=args.batches,
+                            batch_size=min(args.batch_size, 16), device=kw["device"])
+    (run_dir / "eval").mkdir(exist_ok=True)
+    path = run_dir / "eval" / f"tiled-{args.split}.json"
+    path.write_text(json.dumps(result, indent=1))
+    for key, value in result.items():
+        print(f"{key:24s} {value:.4g}" if isinstance(value, float) else f"{key:24s} {value}")
     print(path)
     return 0
 
