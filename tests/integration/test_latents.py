@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import vaekit
+import vaekit.pipeline.export
 from vaekit.cli import main as cli_main
 from vaekit.config.load import load_config
 from vaekit.data import build_data
@@ -111,3 +112,24 @@ def test_encode_as_webdataset_shards_holds_the_same_latents(run: Path, tmp_path:
     b = encode_dataset(run, tmp_path / "b", split="val", fmt="webdataset", device="cpu")
     assert torch.equal(all_latents(a)["val"], all_latents(b)["val"])
     assert (tmp_path / "b" / "latents-val-000000.tar").is_file()
+
+
+def test_summary_holds_the_latent_stats_of_the_validation_split(run: Path, tmp_path: Path) -> None:
+    summary = json.loads((run / "summary.json").read_text())["latent_stats"]
+    out = encode_dataset(run, tmp_path / "val", split="val", device="cpu")
+    stats = json.loads((out / "stats.json").read_text())
+    for key in ("scaling_factor", "shift_factor", "global_std"):
+        assert summary[key] == pytest.approx(stats[key], rel=1e-5)
+    np.testing.assert_allclose(summary["std"], stats["std"], rtol=1e-5)
+
+
+def test_diffusers_export_config_carries_the_scale_and_shift(tmp_path: Path) -> None:
+    from test_pretrained import cfg_for, make_tiny_vae
+
+    vae = make_tiny_vae(tmp_path / "tiny-vae")
+    run_dir = vaekit.train(cfg_for(tmp_path / "runs", "kl", vae, train={"max_steps": 1})).run_dir
+    stats = json.loads((run_dir / "summary.json").read_text())["latent_stats"]
+    for folder in (run_dir / "diffusers", vaekit.pipeline.export.export_run(run_dir, "diffusers", out=tmp_path / "e")):
+        config = json.loads((Path(folder) / "config.json").read_text())
+        assert config["scaling_factor"] == pytest.approx(stats["scaling_factor"])
+        assert config["shift_factor"] == pytest.approx(stats["shift_factor"])

@@ -50,7 +50,7 @@ def test_tiled_encode_decode_of_twice_the_trained_size_matches_away_from_seams(t
     assert result["shape"] == [1, 64, 64]
 
 
-def test_temporal_chunks_of_a_video_model_keep_the_shapes_and_match_inside() -> None:
+def test_temporal_chunks_of_a_video_model_keep_the_shapes() -> None:
     from vaekit.config.schema import ModelConfig
     from vaekit.models import build_model
 

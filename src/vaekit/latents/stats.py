@@ -89,3 +89,28 @@ def latent_stats(m: Moments) -> dict:
         "convention": "diffusers: latents = (z - shift_factor) * scaling_factor; decode(latents / scaling_factor + "
                       "shift_factor). Without a shift (SD 1.x/2.x): latents = z * scaling_factor_no_shift.",
     }
+
+
+def stats_of_batches(encode, batches) -> dict | None:  # noqa: ANN001 - encode(x) -> (mean, logvar); batch dicts
+    """`latent_stats` of the posterior means of ``batches`` in one pass (None when there is no batch)."""
+    parts = []
+    with torch.no_grad():
+        for batch in batches:
+            if len(batch["x"]):
+                parts.append(Moments.of(encode(batch["x"])[0]))
+    return latent_stats(merge_all(parts)) if parts else None
+
+
+def write_diffusers_factors(folder, stats: dict) -> None:  # noqa: ANN001 - a path
+    """Set ``scaling_factor`` and ``shift_factor`` in a diffusers folder's ``config.json`` (the keys the pipelines
+    read: ``latents = (z - shift_factor) * scaling_factor``)."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    config["scaling_factor"] = stats["scaling_factor"]
+    config["shift_factor"] = stats["shift_factor"]
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -98,13 +98,25 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
         if fmt == "diffusers":
             assert module is not None
             module.load_state_dict(state)
-            return save_diffusers(module, Path(out) if out else run_dir / "diffusers")
+            folder = save_diffusers(module, Path(out) if out else run_dir / "diffusers")
+            _latent_factors(run_dir, folder)
+            return folder
         folder = Path(out) if out else run_dir / "export"
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"config": model_cfg or {}, "vaekit_config": cfg.model_dump(mode="json")}
         _save_state(state, folder / "model.safetensors", meta, save_weights)
         (folder / "model_config.json").write_text(json.dumps(model_cfg or {}, indent=1))
         return folder / "model.safetensors"
+
+
+def _latent_factors(run_dir: Path, folder: Path) -> None:
+    """The run's latent scale/shift (summary.json, written at the end of training) into the diffusers config."""
+    from vaekit.latents.stats import write_diffusers_factors
+
+    summary = run_dir / "summary.json"
+    stats = json.loads(summary.read_text()).get("latent_stats") if summary.is_file() else None
+    if stats:
+        write_diffusers_factors(folder, stats)
 
 
 def _save_state(state: dict[str, Any], path: Path, meta: dict[str, Any], save_weights: Any) -> None:
