@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_exp = sub.add_parser("export", help="write a run's weights (LoRA merged) as model.safetensors or a diffusers folder")
     p_exp.add_argument("run_dir", metavar="RUN_DIR")
-    p_exp.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
+    p_exp.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers", "hub"],
                        help="safetensors: OUT/model.safetensors (default OUT: RUN_DIR/export); diffusers: a "
-                       "save_pretrained folder (default OUT: RUN_DIR/diffusers)")
+                       "save_pretrained folder (default OUT: RUN_DIR/diffusers); hub: a folder ready to upload with "
+                       "a model card (default OUT: RUN_DIR/hub)")
     p_exp.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory instead of the run's export")
     p_exp.add_argument("--out", metavar="DIR", help="output folder")
     _data_commands(sub)
@@ -112,6 +113,11 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
 
+    p = sub.add_parser("push", help="upload a run's hub export (vaekit export --format hub) to the Hugging Face hub")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("repo_id", metavar="REPO_ID", help="owner/name on the hub")
+    p.add_argument("--private", action="store_true")
+
     p = sub.add_parser("decode", help="decode latents written by `vaekit encode` back to images, wavs or mp4s")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("latents", metavar="LATENTS")
@@ -136,6 +142,11 @@ def _data_dispatch(args: argparse.Namespace) -> int | None:
                              device=args.device)
         if (out / "manifest.json").is_file():
             print(out)
+        return 0
+    if args.command == "push":
+        from vaekit.pipeline.hub import push
+
+        print(push(args.run_dir, args.repo_id, private=args.private))
         return 0
     if args.command == "decode":
         from vaekit.latents.encode import decode_latents

@@ -13,7 +13,7 @@ from typing import Any
 
 from vaekit.errors import CheckpointError, ConfigError
 
-FORMATS = ("safetensors", "diffusers")
+FORMATS = ("safetensors", "diffusers", "hub")
 
 
 def _source(run_dir: Path, checkpoint: str | None) -> Path:
@@ -52,7 +52,8 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
     Args:
         run_dir: a run directory (with ``config.yaml``).
         fmt: ``safetensors`` (``{out}/model.safetensors`` + ``model_config.json``; default out ``RUN_DIR/export``)
-            or ``diffusers`` (a ``save_pretrained`` folder; default ``RUN_DIR/diffusers``; model.arch=diffusers).
+            or ``diffusers`` (a ``save_pretrained`` folder; default ``RUN_DIR/diffusers``; model.arch=diffusers)
+            or ``hub`` (a folder ready to upload with a model card; default ``RUN_DIR/hub``; see `pipeline.hub`).
         checkpoint: a checkpoint directory or ``.safetensors`` file instead of the run's own export.
         out: the output folder.
     """
@@ -68,6 +69,10 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
         raise ConfigError(f"--format: {fmt!r}; use one of {', '.join(FORMATS)}")
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    if fmt == "hub":
+        from vaekit.pipeline.hub import export_hub
+
+        return export_hub(run_dir, Path(out) if out else None, checkpoint, export_run)
     cfg = load_config(run_dir / "config.yaml")
     if fmt == "diffusers" and cfg.model.arch != "diffusers":
         raise ConfigError(f"--format diffusers: the run trained model.arch={cfg.model.arch}, not a diffusers "
