@@ -18,6 +18,9 @@ Errors: a shard that cannot be opened or read is named in one line; a truncated 
 end of the file) is named, or with ``data.on_error=skip`` its incomplete samples are left out and counted. A member
 that does not decode is named at load (``shard.tar:key.ext``) or, with ``skip``, replaced by the next readable
 sample (a warning names it). A pattern that matches nothing is one line.
+
+``dataset.json`` beside local shards (written by ``vaekit shard``) supplies the label names, the source's meta, the
+value range and, for shards packed from a config, the default channels and size (MNIST stays 1x28x28).
 """
 
 from __future__ import annotations
@@ -335,17 +338,20 @@ def _dataset_meta(urls: list[str]) -> dict[str, Any]:
         return {}
 
 
-def _decode_settings(cfg: DataConfig, ext: str, probe: ShardSource) -> Decode:
-    """The folder sources' settings for member ``ext``; audio reads its rate from the first sample."""
+def _decode_settings(cfg: DataConfig, ext: str, probe: ShardSource, stored: dict[str, Any]) -> Decode:
+    """The folder sources' settings for member ``ext``; audio reads its rate from the first sample. Shards packed
+    from a config (``dataset.json`` with a shape) default to that shape's channels and size."""
     modality = modality_of(ext, None if ext != "npy" else np.load(io.BytesIO(probe.read(probe.samples[0], ext))))
-    channels = cfg.channels or (1 if modality == "audio" else 3)
+    shape = stored.get("shape") if stored.get("modality") == modality else None
+    channels = cfg.channels or (shape[0] if shape and modality != "audio" else 1 if modality == "audio" else 3)
+    size = cfg.image_size or (shape[-1] if shape and modality in ("image", "video") else DEFAULT_SIZE)
     if modality == "audio" and ext in AUDIO_EXT:
         rate = cfg.sample_rate or _via_file(probe.read(probe.samples[0], ext), ext, probe_audio).sample_rate
         return Decode(ext, modality, channels=channels, rate=rate, length=round(cfg.segment * rate),
                       random_crop=True)
     if modality in ("image", "video") and ext not in ARRAY_EXT and channels not in (1, 3):
         raise ConfigError(f"data.channels: must be 1 or 3 for {modality} members (got {channels})")
-    return Decode(ext, modality, size=cfg.image_size or DEFAULT_SIZE, channels=channels, frames=cfg.frames,
+    return Decode(ext, modality, size=size, channels=channels, frames=cfg.frames,
                   stride=cfg.frame_stride, random_crop=cfg.crop == "random" or ext in VIDEO_EXT, flip=cfg.flip)
 
 
@@ -363,7 +369,8 @@ def build_shards(cfg: DataConfig, seed: int) -> DataBundle:
     ext = pick_member(samples[0], cfg.shards.member, urls[0])
     label = _label_member(samples[0], cfg.shards.label, urls[0])
     probe = ShardSource(urls, samples, Decode(ext, "tabular"), None)
-    d = _decode_settings(cfg, ext, probe)
+    stored = _dataset_meta(urls)
+    d = _decode_settings(cfg, ext, probe, stored)
     make = lambda u, ss, dd: ShardSource(u, ss, dd, label, seed=seed, skip_errors=skip)  # noqa: E731
     evaluation = Decode(**{**d.__dict__, "random_crop": False, "flip": False})
     if cfg.shards.val_path is not None:
@@ -377,12 +384,11 @@ def build_shards(cfg: DataConfig, seed: int) -> DataBundle:
         val = make(urls, [samples[i] for i in va], evaluation)
         test = make(urls, [samples[i] for i in te], evaluation) if len(te) else None
     shape = tuple(val[0]["x"].shape if len(val) else train[0]["x"].shape)
-    meta = dict(_dataset_meta(urls).get("meta", {}))
+    meta = dict(stored.get("meta", {}))
     if d.modality == "audio":
         meta = {**meta, "sample_rate": d.rate}
     y = train[0].get("y")
     factor_names = None if y is None else (["label"] if y.ndim == 0 else [f"y{i}" for i in range(y.numel())])
-    stored = _dataset_meta(urls)
     low = -1.0 if d.modality == "audio" else 0.0
     value_range = tuple(stored["value_range"]) if "value_range" in stored else (low, 1.0)
     factor_names = stored.get("factor_names", factor_names) if y is not None else None
