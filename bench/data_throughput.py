@@ -69,6 +69,7 @@ def compare(name: str, folder: list[str], shards: dict[str, list[str]], args: ar
         for kind, ov in [("folder", folder), *shards.items()]:
             rate, counts[kind] = samples_per_sec(ov, args.workers, args.batch)
             rows[kind].append(rate)
+            print(f"{name}: {kind} {rate:.1f} samples/s ({counts[kind]} samples)", flush=True)
     result = {"workload": name, "samples_per_epoch": counts, "samples_per_sec": rows}
     for kind in shards:
         ratios = [s / f for s, f in zip(rows[kind], rows["folder"], strict=True)]
@@ -82,23 +83,26 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--clips", type=int, default=24, help="17-frame clips read from the video folder per epoch")
+    p.add_argument("--skip-images", action="store_true")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        imgs = frames_folder(root / "frames", args.images)
-        shard(str(imgs), str(root / "img-shards"), 128)
-        size = ["data.image_size=256"]
-        results.append(compare("images 256x256", ["data.source=image_folder", f"data.path={imgs}", *size],
-                               {"shards": ["data.source=webdataset", f"data.path={root}/img-shards", *size]}, args))
-        clip = ["data.image_size=256", "data.frames=17"]
+        if not args.skip_images:
+            imgs = frames_folder(root / "frames", args.images)
+            shard(str(imgs), str(root / "img-shards"), 128)
+            size = ["data.image_size=256"]
+            results.append(compare("images 256x256", ["data.source=image_folder", f"data.path={imgs}", *size],
+                                   {"shards": ["data.source=webdataset", f"data.path={root}/img-shards", *size]}, args))
+        clip = ["data.image_size=256", "data.frames=17", f"data.num_samples={args.clips}"]
         video = ["data.source=video_folder", f"data.path={SHARED}", *clip]
         shard(str(SHARED), str(root / "mp4-shards"), 8)
         shard_cfg = root / "video.yaml"
         shard_cfg.write_text(f"data: {{source: video_folder, path: {SHARED}, image_size: 256, frames: 17, "
-                             "val_fraction: 0, in_memory: never}\n")
+                             f"val_fraction: 0, in_memory: never, num_samples: {args.clips}}}\n")
         shard(str(shard_cfg), str(root / "npy-shards"), 8, splits=["train"])
         results.append(compare("clips 17x256x256", video, {
             "shards_of_video_files": ["data.source=webdataset", f"data.path={root}/mp4-shards", *clip],
