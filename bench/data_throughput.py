@@ -31,7 +31,10 @@ from vaekit.config.load import load_config
 from vaekit.data import BatchLoader, build_data
 from vaekit.data.pack import shard
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = next((p for p in (REPO.parent / "shared" / "data" / "video", REPO.parent.parent / "shared" / "data" / "video")
+               if p.is_dir()), REPO.parent / "shared" / "data" / "video")
+"""``../shared/data/video`` beside the checkout (or beside the worktrees' folder); ``--video`` overrides it."""
 
 
 def frames_folder(out: Path, n: int) -> Path:
@@ -39,9 +42,12 @@ def frames_folder(out: Path, n: int) -> Path:
     import av
 
     out.mkdir(parents=True)
+    videos = sorted(SHARED.glob("*.mp4"))
+    if not videos:
+        raise SystemExit(f"{SHARED}: no .mp4 files (pass --video DIR)")
     k = 0
     while k < n:
-        for video in sorted(SHARED.glob("*.mp4")):
+        for video in videos:
             with av.open(str(video)) as container:
                 for i, frame in enumerate(container.decode(video=0)):
                     if i % 2 == 0 and k < n:
@@ -85,8 +91,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--clips", type=int, default=24, help="17-frame clips read from the video folder per epoch")
     p.add_argument("--skip-images", action="store_true")
+    p.add_argument("--video", help="the folder of video files (default ../shared/data/video)")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.video:
+        global SHARED
+        SHARED = Path(args.video)
     torch.set_num_threads(1)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

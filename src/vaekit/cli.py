@@ -312,7 +312,7 @@ def _tiled_eval(args: argparse.Namespace, loaded, run_dir: Path) -> int:  # noqa
                             frames=args.tile_frames, frame_overlap=args.frame_overlap, batches=args.batches,
                             batch_size=min(args.batch_size, 16), device=kw["device"])
     (run_dir / "eval").mkdir(exist_ok=True)
-    path = run_dir / "eval" / f"tiled-{args.split}.json"
+    path = run_dir / "eval" / f"tiled-{result['split']}.json"
     path.write_text(json.dumps(result, indent=1))
     for key, value in result.items():
         print(f"{key:24s} {value:.4g}" if isinstance(value, float) else f"{key:24s} {value}")

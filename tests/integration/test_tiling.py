@@ -36,15 +36,15 @@ def test_tiled_encode_decode_of_twice_the_trained_size_matches_away_from_seams(t
         recon, _ = model.decode(mean)
         tiled = tiled_decode(model, mean, tuple(x.shape), tile=32, overlap=16)
     assert tm.shape == mean.shape and tiled.shape == recon.shape
-    lat_near = seam_mask(tuple(mean.shape), [2, 3], 8, 4)  # the same windows in latent units (factor 4)
+    lat_near = seam_mask(tuple(mean.shape), [(2, 8, 4), (3, 8, 4)])  # the same windows in latent units (factor 4)
     d = (tm - mean) ** 2
     assert d[~lat_near].mean() < 1e-10 < d[lat_near].mean()
-    near = seam_mask(tuple(x.shape), [2, 3], 32, 16)
+    near = seam_mask(tuple(x.shape), [(2, 32, 16), (3, 32, 16)])
     d = (tiled - recon) ** 2
     assert d[~near].mean() < 1e-10 < d[near].mean()
 
     assert cli_main(["eval", str(run), "data.image_size=64", "--tiled", "32", "--overlap", "16", "--batches", "1",
-                     "--batch-size", "4", "--device", "cpu"]) == 0
+                     "--batch-size", "4", "--device", "cpu", "--split", "val"]) == 0
     result = json.loads((run / "eval" / "tiled-val.json").read_text())
     assert result["diff_inside"] < 1e-10 < result["diff_near_seams"]
     assert result["shape"] == [1, 64, 64]

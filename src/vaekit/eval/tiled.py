@@ -52,7 +52,10 @@ def evaluate_tiled(loaded: Any, data: Any, *, split: str = "val", tile: int, ove
             plain = likelihood_mean(kind, model.decode(mean)[0])
             tm, _ = tiled_encode(model, x, tile, overlap, frames, frame_overlap)
             tiled = likelihood_mean(kind, tiled_decode(model, tm, tuple(x.shape), tile, overlap, frames, frame_overlap))
-            near = seam_mask(tuple(x.shape), [x.ndim - 2, x.ndim - 1], tile, overlap).to(x.device)
+            axes = [(x.ndim - 2, tile, overlap), (x.ndim - 1, tile, overlap)]
+            if x.ndim == 5 and frames:
+                axes.append((2, frames, frame_overlap))
+            near = seam_mask(tuple(x.shape), axes).to(x.device)
             err_t, diff = (tiled - x) ** 2, (tiled - plain) ** 2
             sums.add("mse_untiled", (plain - x) ** 2)
             sums.add("mse_tiled", err_t)
@@ -65,5 +68,5 @@ def evaluate_tiled(loaded: Any, data: Any, *, split: str = "val", tile: int, ove
     out = {k: sums.mean(k) for k in sums.sums}
     out["seam_ratio"] = out["mse_tiled_near_seams"] / out["mse_tiled_inside"] if out["mse_tiled_inside"] else float("nan")
     out.update(latent_max_abs_diff=latent_diff, tile=tile, overlap=overlap, frames=frames, frame_overlap=frame_overlap,
-               shape=list(ev.shape), split=split, samples=min(len(ev), (batches or 10**12) * batch_size))
+               shape=list(ev.shape), split=ev.split or split, samples=min(len(ev), (batches or 10**12) * batch_size))
     return out

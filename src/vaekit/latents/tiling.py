@@ -156,34 +156,35 @@ def tiled_decode(model: torch.nn.Module, z: Tensor, x_shape: tuple[int, ...], ti
     return recon
 
 
-def seam_mask(shape: tuple[int, ...], dims: list[int], tile: int, overlap: int, band: int | None = None) -> Tensor:
-    """True for the elements within ``band`` (default ``overlap // 2``, at least 1) of an inner window border."""
-    band = max(1, overlap // 2) if band is None else band
+def seam_mask(shape: tuple[int, ...], axes: list[tuple[int, int, int]], band: int | None = None) -> Tensor:
+    """True for the elements near an inner window border along any of ``axes`` = ``[(dim, size, overlap), ...]``:
+    within ``band`` (default ``overlap // 2`` of that axis, at least 1) of a later window's start or an earlier
+    window's end."""
     near = torch.zeros(shape, dtype=torch.bool)
-    for d in dims:
-        n = shape[d]
+    for d, size, overlap in axes:
+        n, width = shape[d], max(1, overlap // 2) if band is None else band
         line = torch.zeros(n, dtype=torch.bool)
-        grid = starts(n, tile, overlap)
-        for p in [*grid[1:], *(q + tile for q in grid[:-1])]:  # each later window's start, each earlier one's end
-            line[max(0, p - band) : p + band] = True
+        grid = starts(n, size, overlap)
+        for p in [*grid[1:], *(q + size for q in grid[:-1])]:
+            line[max(0, p - width) : p + width] = True
         view = [1] * len(shape)
         view[d] = n
         near |= line.view(view).expand(shape)
     return near
 
 
-def seam_metric(err: Tensor, dims: list[int], tile: int, overlap: int, band: int | None = None) -> dict[str, float]:
+def seam_metric(err: Tensor, axes: list[tuple[int, int, int]], band: int | None = None) -> dict[str, float]:
     """Mean squared error near the window borders vs inside the windows.
 
     Args:
         err: the per-element squared error (N, C, ...) of the tiled reconstruction.
-        dims: the tiled spatial dims (the last two); tile/overlap as used for tiling.
+        axes: ``[(dim, size, overlap), ...]`` as used for tiling (see `seam_mask`).
         band: see `seam_mask`.
 
     Returns:
         ``mse_near_seams``, ``mse_inside``, their ``ratio`` and ``seam_fraction`` (the share of elements near).
     """
-    near = seam_mask(tuple(err.shape), dims, tile, overlap, band)
+    near = seam_mask(tuple(err.shape), axes, band)
     near_mse = float(err[near].mean()) if near.any() else float("nan")
     inside = float(err[~near].mean()) if (~near).any() else float("nan")
     return {"mse_near_seams": near_mse, "mse_inside": inside, "ratio": near_mse / inside if inside else float("nan"),
