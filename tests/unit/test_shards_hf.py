@@ -181,3 +181,14 @@ def test_musiccaps_example_config_trains_on_a_local_copy(tmp_path: Path) -> None
     result = vaekit.train(cfg)
     meta = (result.run_dir / "data_meta.json").read_text()
     assert "low quality" in meta and "male vocal" in meta
+
+
+def test_a_sample_without_the_first_samples_member_uses_its_own_of_the_same_kind(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    write_tar(tmp_path / "m.tar", {"000.png": png_bytes(0), "001.jpg": buf.getvalue()})
+    b = data_of("data.source=webdataset", f"data.path={tmp_path}/m.tar", "data.val_fraction=0", "data.image_size=8")
+    assert b.train[1]["x"].shape == (3, 8, 8)
+    with pytest.raises(DataError, match="no png member"):
+        data_of("data.source=webdataset", f"data.path={tmp_path}/m.tar", "data.val_fraction=0",
+                "data.shards.member=png").train[1]

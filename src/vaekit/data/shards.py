@@ -55,6 +55,7 @@ IMAGE_EXT = {"png", "jpg", "jpeg", "webp", "bmp"}
 VIDEO_EXT = {"mp4", "webm", "mkv", "avi", "mov"}
 AUDIO_EXT = {"wav", "flac", "ogg", "oga", "aif", "aiff", "mp3"}
 ARRAY_EXT = {"npy"}
+_KINDS = {"image": IMAGE_EXT, "video": VIDEO_EXT, "audio": AUDIO_EXT}
 DATASET_FILE = "dataset.json"
 """Written by ``vaekit shard`` beside its shards: sample counts, modality, shape, labels (read when present)."""
 
@@ -262,6 +263,9 @@ class ShardSource(FileSource):
         super().__init__(seed=seed, augment=decode.random_crop or decode.flip)
         self.urls, self.samples, self.decode, self.label = urls, samples, decode, label
         self.skip_errors = skip_errors
+        self.fixed = False
+        """True when ``data.shards.member`` names the member; else a sample lacking it uses its own member of the
+        same modality (a folder of .mp4 and .avi files)."""
         self.skipped: set[str] = set()
         """Members found undecodable while streaming (``data.on_error=skip``), in this process."""
 
@@ -286,6 +290,9 @@ class ShardSource(FileSource):
     def load(self, i: int) -> dict[str, Tensor]:
         """Sample ``i`` decoded; DataError naming ``shard:key.ext`` when a member does not decode."""
         s, d = self.samples[i], self.decode
+        if d.ext not in s.members and not self.fixed:  # e.g. an .avi among .mp4s: the sample's own kind
+            ext = next((e for e in s.members if e in _KINDS.get(d.modality, set()) and e not in ARRAY_EXT), None)
+            d = Decode(**{**d.__dict__, "ext": ext}) if ext else d
         where = f"{self.urls[s.shard]}:{s.key}.{d.ext}"
         try:
             x = decode_member(self.read(s, d.ext), d, self.generator(i) if self.augment else None)
@@ -371,7 +378,11 @@ def build_shards(cfg: DataConfig, seed: int) -> DataBundle:
     probe = ShardSource(urls, samples, Decode(ext, "tabular"), None)
     stored = _dataset_meta(urls)
     d = _decode_settings(cfg, ext, probe, stored)
-    make = lambda u, ss, dd: ShardSource(u, ss, dd, label, seed=seed, skip_errors=skip)  # noqa: E731
+    def make(u: list[str], ss: list[ShardSample], dd: Decode) -> ShardSource:
+        src = ShardSource(u, ss, dd, label, seed=seed, skip_errors=skip)
+        src.fixed = cfg.shards.member is not None
+        return src
+
     evaluation = Decode(**{**d.__dict__, "random_crop": False, "flip": False})
     if cfg.shards.val_path is not None:
         val_urls = expand_shards(cfg.shards.val_path)
