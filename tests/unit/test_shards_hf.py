@@ -192,3 +192,35 @@ def test_a_sample_without_the_first_samples_member_uses_its_own_of_the_same_kind
     with pytest.raises(DataError, match="no png member"):
         data_of("data.source=webdataset", f"data.path={tmp_path}/m.tar", "data.val_fraction=0",
                 "data.shards.member=png").train[1]
+
+
+def test_hf_audio_column_is_read_as_audio_folder_segments(tmp_path: Path) -> None:
+    import datasets
+    import soundfile as sf
+
+    rows = []
+    for i in range(6):
+        buf = io.BytesIO()
+        sf.write(buf, np.sin(np.arange(8000) * (i + 1) / 50).astype(np.float32) * 0.5, 8000, format="WAV")
+        rows.append({"audio": {"bytes": buf.getvalue(), "path": f"{i}.wav"}, "label": i % 2})
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "a.parquet"))
+    b = data_of("data.source=hf", f"data.path={tmp_path}/a.parquet", "data.hf.audio_column=audio",
+                "data.hf.label_column=label", "data.segment=0.5", "data.val_fraction=0")
+    assert b.info.modality == "audio" and b.info.shape == (1, 4000) and b.info.meta["sample_rate"] == 8000
+    x = b.train[0]["x"]
+    assert x.abs().max() <= 0.5 + 1e-4 and int(b.train[1]["y"]) == 1
+
+
+def test_webdataset_audio_members_match_the_audio_folder(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    folder = tmp_path / "wavs"
+    folder.mkdir()
+    for i in range(4):
+        sf.write(folder / f"{i}_a.wav", np.sin(np.arange(6000) * (i + 1) / 30).astype(np.float32) * 0.5, 8000)
+    shard(str(folder), str(tmp_path / "wds"), 2)
+    common = ["data.segment=0.25", "data.val_fraction=0.25"]
+    a = data_of("data.source=audio_folder", f"data.path={folder}", *common)
+    b = data_of("data.source=webdataset", f"data.path={tmp_path}/wds", *common)
+    assert a.info.shape == b.info.shape == (1, 2000)
+    assert torch.equal(a.val[0]["x"], b.val[0]["x"])  # the same file, the same centre segment
