@@ -133,3 +133,13 @@ def test_diffusers_export_config_carries_the_scale_and_shift(tmp_path: Path) -> 
         config = json.loads((Path(folder) / "config.json").read_text())
         assert config["scaling_factor"] == pytest.approx(stats["scaling_factor"])
         assert config["shift_factor"] == pytest.approx(stats["shift_factor"])
+
+
+def test_encode_other_data_by_overrides_or_yaml(run: Path, tmp_path: Path) -> None:
+    a = encode_dataset(run, tmp_path / "a", data=["data.num_samples=40"], split="train", device="cpu")
+    assert json.loads((a / "manifest.json").read_text())["splits"] == {"train": 36}
+    (tmp_path / "other.yaml").write_text("data: {source: shapes, num_samples: 20, image_size: 16}\n")
+    b = encode_dataset(run, tmp_path / "b", data=[str(tmp_path / "other.yaml")], split="val", device="cpu")
+    assert json.loads((b / "manifest.json").read_text())["splits"] == {"val": 2}
+    with pytest.raises(ConfigError, match="only data"):
+        encode_dataset(run, tmp_path / "c", data=["train.batch_size=3"], device="cpu")

@@ -224,3 +224,15 @@ def test_webdataset_audio_members_match_the_audio_folder(tmp_path: Path) -> None
     b = data_of("data.source=webdataset", f"data.path={tmp_path}/wds", *common)
     assert a.info.shape == b.info.shape == (1, 2000)
     assert torch.equal(a.val[0]["x"], b.val[0]["x"])  # the same file, the same centre segment
+
+
+def test_webdataset_reads_shards_through_fsspec_urls(tmp_path: Path) -> None:
+    import fsspec
+
+    local = write_tar(tmp_path / "u.tar", {f"{i:03d}.png": png_bytes(i) for i in range(3)})
+    with fsspec.open("memory://h16-bucket/u-0.tar", "wb") as f:
+        f.write(local.read_bytes())
+    b = data_of("data.source=webdataset", "data.path=memory://h16-bucket/u-{0..0}.tar", "data.val_fraction=0",
+                "data.image_size=8")
+    a = data_of("data.source=webdataset", f"data.path={local}", "data.val_fraction=0", "data.image_size=8")
+    assert len(b.train) == 3 and torch.equal(a.train[2]["x"], b.train[2]["x"])
