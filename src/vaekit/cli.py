@@ -21,6 +21,9 @@ EPILOG = """examples:
   vaekit eval runs/RUN --split test              # metrics, a table and figures under runs/RUN/eval/
   vaekit compare runs/A runs/B --out cmp         # several models on the same batches
   vaekit export RUN_DIR --format diffusers       # a folder AutoencoderKL.from_pretrained loads
+  vaekit shard images/ --out shards/ --samples-per-shard 1000   # then data.source=webdataset data.path=shards/
+  vaekit encode RUN_DIR --out latents/           # latent shards + stats.json (scale/shift) + manifest.json
+  vaekit export RUN_DIR --format hub             # weights, configs and a model card; then `vaekit push`
 """
 
 

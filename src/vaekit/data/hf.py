@@ -46,7 +46,12 @@ FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json
 def _local_files(path: str) -> tuple[str, list[str]] | None:
     """(builder, files) when ``path`` names local data files (a file, a glob or a folder of them)."""
     p = Path(path)
-    files = sorted(glob.glob(path)) if glob.has_magic(path) else [str(f) for f in sorted(p.iterdir())] if p.is_dir() else [path] if p.is_file() else []
+    if glob.has_magic(path):
+        files = sorted(glob.glob(path))
+    elif p.is_dir():
+        files = [str(f) for f in sorted(p.iterdir())]
+    else:
+        files = [path] if p.is_file() else []
     by_kind: dict[str, list[str]] = {}
     for f in files:
         kind = FILE_BUILDERS.get(Path(f).suffix.lower())
