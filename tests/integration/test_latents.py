@@ -143,3 +143,32 @@ def test_encode_other_data_by_overrides_or_yaml(run: Path, tmp_path: Path) -> No
     assert json.loads((b / "manifest.json").read_text())["splits"] == {"val": 2}
     with pytest.raises(ConfigError, match="only data"):
         encode_dataset(run, tmp_path / "c", data=["train.batch_size=3"], device="cpu")
+
+
+def test_encode_killed_with_sigkill_resumes_to_the_same_latents_and_stats(run: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref = encode_dataset(run, tmp_path / "ref", per_chunk=1, data=["data.num_samples=400"], device="cpu")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vaekit", "encode", str(run), "--out", str(out), "--samples-per-chunk", "1",
+           "--data", "data.num_samples=400", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("latents-*.json"))) < 20:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "manifest.json").exists(), "the encode finished before it could be killed"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "stats.json").read_text()) == json.loads((ref / "stats.json").read_text())
+    a, b = all_latents(ref), all_latents(out)
+    assert all(torch.equal(a[s], b[s]) for s in a)
+    assert not list(out.glob("*.tmp"))
