@@ -116,6 +116,7 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples-per-chunk", type=int, default=1024, metavar="N")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
+    _tiling_options(p)
 
     p = sub.add_parser("push", help="upload a run's hub export (vaekit export --format hub) to the Hugging Face hub")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -128,6 +129,21 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
+    _tiling_options(p)
+
+
+def _tiling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=int, metavar="PX", help="work in blended windows of PX pixels (large inputs)")
+    p.add_argument("--overlap", type=int, default=None, metavar="PX", help="with --tile: overlap (default PX/4)")
+    p.add_argument("--tile-frames", type=int, metavar="T", help="with --tile, video: temporal chunks of T frames")
+    p.add_argument("--frame-overlap", type=int, default=0, metavar="T")
+
+
+def _tiling(args: argparse.Namespace) -> dict | None:
+    if not args.tile:
+        return None
+    overlap = args.tile // 4 if args.overlap is None else args.overlap
+    return {"tile": args.tile, "overlap": overlap, "frames": args.tile_frames, "frame_overlap": args.frame_overlap}
 
 
 def _data_dispatch(args: argparse.Namespace) -> int | None:
@@ -143,7 +159,7 @@ def _data_dispatch(args: argparse.Namespace) -> int | None:
 
         out = encode_dataset(args.run_dir, args.out, data=args.data, split=args.split, mode=args.mode or "mean",
                              fmt=args.format, batch_size=args.batch_size, per_chunk=args.samples_per_chunk,
-                             device=args.device)
+                             device=args.device, tiling=_tiling(args))
         if (out / "manifest.json").is_file():
             print(out)
         return 0
@@ -155,7 +171,8 @@ def _data_dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "decode":
         from vaekit.latents.encode import decode_latents
 
-        print(decode_latents(args.run_dir, args.latents, args.out, batch_size=args.batch_size, device=args.device))
+        print(decode_latents(args.run_dir, args.latents, args.out, batch_size=args.batch_size, device=args.device,
+                             tiling=_tiling(args)))
         return 0
     return None
 

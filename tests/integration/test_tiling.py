@@ -49,6 +49,19 @@ def test_tiled_encode_decode_of_twice_the_trained_size_matches_away_from_seams(t
     assert result["diff_inside"] < 1e-10 < result["diff_near_seams"]
     assert result["shape"] == [1, 64, 64]
 
+    # vaekit encode/decode --tile: the same blended windows over a whole split
+    out, dec = tmp_path / "lat", tmp_path / "dec"
+    assert cli_main(["encode", str(run), "--data", "data.image_size=64", "--split", "val", "--out", str(out),
+                     "--tile", "32", "--overlap", "16", "--device", "cpu"]) == 0
+    from vaekit.latents.encode import read_chunk
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    z = read_chunk(out, manifest["chunks"][0], "safetensors")[1]
+    assert manifest["input_shape"] == [1, 64, 64] and tuple(z.shape[1:]) == (3, 16, 16)
+    assert cli_main(["decode", str(run), str(out), "--out", str(dec), "--tile", "32", "--overlap", "16",
+                     "--device", "cpu"]) == 0
+    assert len(list((dec / "val").glob("*.png"))) == len(z)
+
 
 def test_temporal_chunks_of_a_video_model_keep_the_shapes() -> None:
     from vaekit.config.schema import ModelConfig

@@ -165,10 +165,12 @@ def _npy(t: Tensor) -> bytes:
 
 def encode_dataset(run: str | Path, out: str | Path, *, data: list[str] | None = None, split: str = "all",
                    mode: str = "mean", fmt: str = "safetensors", batch_size: int = 64, per_chunk: int = 1024,
-                   device: str | None = None) -> Path:
+                   device: str | None = None, tiling: dict[str, int] | None = None) -> Path:
     """Encode ``run``'s data (or ``data`` overrides / YAML) split(s) into ``out``; returns ``out``.
 
     Args:
+        tiling: ``{"tile", "overlap"[, "frames", "frame_overlap"]}``: encode in blended windows
+            (`vaekit.latents.tiling.tiled_encode`) for inputs larger than memory allows; None: whole inputs.
         split: ``train`` | ``val`` | ``test`` | ``all`` (the splits present, in that order).
         mode: ``mean`` (the posterior mean) or ``sample`` (one draw, seeded per chunk).
         fmt: ``safetensors`` or ``webdataset`` (tar shards).
@@ -189,7 +191,7 @@ def encode_dataset(run: str | Path, out: str | Path, *, data: list[str] | None =
     sources = {s: present[s] for s in names if len(present[s])}
     out = Path(out)
     plan = {"run": str(Path(run).resolve()), "weights_sha256": weights_hash(weights), "data": data or [],
-            "split": split, "mode": mode, "format": fmt, "samples_per_chunk": per_chunk}
+            "split": split, "mode": mode, "format": fmt, "samples_per_chunk": per_chunk, "tiling": tiling}
     _check_out(out, plan)
     _atomic(out / "encode.json", json.dumps(plan, indent=1))
     chunks = _chunks({s: len(src) for s, src in sources.items()}, per_chunk)
@@ -198,11 +200,20 @@ def encode_dataset(run: str | Path, out: str | Path, *, data: list[str] | None =
         if c % world != rank or (out / f"{chunk['name']}.json").is_file():
             continue
         z, y = _encode_chunk(model, sources[chunk["split"]], chunk, batch_size, cfg.data.num_workers, mode,
-                             cfg.run.seed, dev)
+                             cfg.run.seed, dev, _tiled_encoder(model, tiling))
         _write_chunk(out, chunk, z, y, fmt)
     if all((out / f"{c['name']}.json").is_file() for c in chunks):
         _finish(out, chunks, plan, model, bundle.info, cfg, {s: len(src) for s, src in sources.items()})
     return out
+
+
+def _tiled_encoder(model: Any, tiling: dict[str, int] | None) -> Any:
+    if not tiling:
+        return None
+    from vaekit.latents.tiling import tiled_encode
+
+    return lambda x: tiled_encode(model, x, tiling["tile"], tiling.get("overlap", 0), tiling.get("frames"),
+                                  tiling.get("frame_overlap", 0))
 
 
 def _finish(out: Path, chunks: list[dict], plan: dict, model: Any, info: Any, cfg: Any, sizes: dict) -> None:
@@ -276,9 +287,10 @@ def _write_sample(path: Path, x: Tensor, modality: str, rate: int | None) -> Non
 
 
 def decode_latents(run: str | Path, latents: str | Path, out: str | Path, *, batch_size: int = 64,
-                   device: str | None = None) -> Path:
+                   device: str | None = None, tiling: dict[str, int] | None = None) -> Path:
     """Decode the latents in ``latents`` (a finished ``vaekit encode`` folder) with ``run``'s model into ``out``:
-    ``{split}/{key}.png|wav|mp4`` (tables: ``{split}.npy`` rows in key order); returns ``out``."""
+    ``{split}/{key}.png|wav|mp4`` (tables: ``{split}.npy`` rows in key order); returns ``out``. ``tiling`` as for
+    `encode_dataset` (input units): decode in blended windows (`vaekit.latents.tiling.tiled_decode`)."""
     from vaekit.objectives.reconstruction import likelihood_mean
     from vaekit.utils import get_device
 
@@ -298,7 +310,14 @@ def decode_latents(run: str | Path, latents: str | Path, out: str | Path, *, bat
         (out / entry["split"]).mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
             for s in range(0, len(z), batch_size):
-                recon, _ = model.decode(z[s : s + batch_size].to(dev))
+                zb = z[s : s + batch_size].to(dev)
+                if tiling:
+                    from vaekit.latents.tiling import tiled_decode
+
+                    recon = tiled_decode(model, zb, (len(zb), *manifest["input_shape"]), tiling["tile"],
+                                         tiling.get("overlap", 0), tiling.get("frames"), tiling.get("frame_overlap", 0))
+                else:
+                    recon, _ = model.decode(zb)
                 x = likelihood_mean(model.recon_kind, recon).float().cpu()
                 if modality == "tabular":
                     tables.setdefault(entry["split"], []).append(x)
