@@ -172,3 +172,23 @@ def test_encode_killed_with_sigkill_resumes_to_the_same_latents_and_stats(run: P
     a, b = all_latents(ref), all_latents(out)
     assert all(torch.equal(a[s], b[s]) for s in a)
     assert not list(out.glob("*.tmp"))
+
+
+def test_encode_under_torchrun_with_two_processes_gives_the_same_stats(run: Path, tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    ref = encode_dataset(run, tmp_path / "ref", per_chunk=8, device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "vaekit", "encode", str(run), "--out", str(tmp_path / "ddp"), "--samples-per-chunk", "8",
+           "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "stats.json").read_text()) == json.loads((ref / "stats.json").read_text())
+    a, b = all_latents(ref), all_latents(tmp_path / "ddp")
+    assert all(torch.equal(a[s], b[s]) for s in a)

@@ -35,7 +35,10 @@ from torch.utils.data import DataLoader, Subset
 from vaekit.errors import ConfigError, DataError
 from vaekit.latents.stats import Moments, latent_stats, merge_all
 
-OURS = re.compile(r"(encode|manifest|stats)\.json|latents-\w+-\d{6}\.(safetensors|tar|json)(\.tmp)?")
+OURS = re.compile(r"((encode|manifest|stats)\.json|latents-\w+-\d{6}\.(safetensors|tar|json))(\.\d+)?(\.tmp)?|\.tmp\w+")
+"""Files an encode writes: its own, their ``.tmp`` while written, and ``.tmpXXXXXX`` files safetensors writes
+before its atomic rename (a killed encode may leave them; they are harmless and not removed, since another process
+of the same encode may be writing one)."""
 
 
 def weights_hash(path: Path) -> str:
@@ -86,8 +89,9 @@ def _check_out(out: Path, plan: dict) -> None:
                           "rerun with the same arguments to resume it, or choose a new folder")
 
 
+
 def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: several may write the same file
     tmp.write_text(text)
     tmp.replace(path)
 
