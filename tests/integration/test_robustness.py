@@ -184,6 +184,7 @@ def test_prepare_run_dir_looks_for_checkpoints_only_once_it_holds_the_lock(tmp_p
     run = tmp_path / "r"
     (run / "checkpoints" / "step_00000005").mkdir(parents=True)
     (run / "config.yaml").write_text("{}")
+    (run / ".vaekit-run").write_text('{"format": 1}')
     with pytest.raises(ConfigError, match="already holds a run"):
         prepare_run_dir(run, resume=False, overwrite=False)
     assert (run / "checkpoints" / "step_00000005").is_dir()
