@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_tree
+from safetensors.torch import load_file
 
 import vaekit
 from vaekit import cli
+from vaekit.engine import checkpoint as ckpt_mod
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
@@ -42,7 +45,8 @@ def write_config(path: Path, tree: dict[str, Any]) -> Path:
 def finished(tmp_path_factory: pytest.TempPathFactory):
     """``finished(name)`` → a copy (in ``dest``) of a finished tiny run trained once per module."""
     root = tmp_path_factory.mktemp("finished")
-    reference = vaekit.train(tiny_tree(root, "ref", train={"max_steps": 8, "ckpt_every": 4})).run_dir
+    tree = tiny_tree(root, "ref", train={"max_steps": 8, "ckpt_every": 4, "ema": {"enabled": True, "decay": 0.9}})
+    reference = vaekit.train(tree).run_dir
 
     def copy(dest: Path) -> Path:
         shutil.copytree(reference, dest)
@@ -153,3 +157,88 @@ def test_a_held_lock_names_the_process_that_holds_it_not_the_pid_in_the_file(fin
         holder.wait()
     assert code == 2 and len(lines) == 1 and f"is in use by pid {holder.pid}" in lines[0], lines
     assert "pid 1 " not in lines[0]
+
+
+# ------------------------------------------------------------------------------ 2. checkpoint completeness
+def unfinish(run: Path) -> Path:
+    """A finished run made to look killed after its last checkpoint (step 8)."""
+    for name in ("model.safetensors", "summary.json", "model_config.json"):
+        (run / name).unlink()
+    return run / "checkpoints" / "step_00000008"
+
+
+def make_legacy(ckpt: Path) -> None:
+    """A checkpoint as vaekit wrote it before manifests: no manifest, no format or world in state.json."""
+    (ckpt / "manifest.json").unlink()
+    state = json.loads((ckpt / "state.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k not in ("format", "world")}))
+
+
+def flip_a_bit(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[-5] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+def step_abc(file: Path) -> None:
+    state = json.loads(file.read_text())
+    file.write_text(json.dumps({**state, "step": "abc"}))
+
+
+DAMAGE = {  # name → (file, damage, legacy, the warning's words)
+    "model-missing": ("model.safetensors", Path.unlink, False, "model.safetensors: missing"),
+    "model-missing-legacy": ("model.safetensors", Path.unlink, True, "model.safetensors: missing"),
+    "ema-missing-legacy": ("ema.safetensors", Path.unlink, True, "ema.safetensors: missing"),
+    "bit-flip": ("model.safetensors", flip_a_bit, False, "the hash does not match"),
+    "state-step-tampered": ("state.json", step_abc, False, "state.json: 2"),
+    "state-step-abc-legacy": ("state.json", step_abc, True, "damaged (step 'abc'"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_an_incomplete_or_damaged_checkpoint_falls_back_to_the_previous_with_one_warning(
+    finished, tmp_path: Path, capsys, case: str
+) -> None:
+    name, damage, legacy, words = DAMAGE[case]
+    run = finished(tmp_path / "run")
+    reference = load_file(str(run / "model.safetensors"))
+    last = unfinish(run)
+    if legacy:
+        make_legacy(last)
+    damage(last / name)
+    capsys.readouterr()
+    vaekit.train(resume=run)
+    err = capsys.readouterr().err
+    assert err.count("skipping checkpoint step_00000008") == 1 and words in err, err
+    assert "resuming at step 4 in" in err
+    resumed = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)  # the previous one resumes bitwise
+
+
+def test_a_legacy_checkpoint_without_a_manifest_still_resumes(finished, tmp_path: Path, capsys) -> None:
+    run = finished(tmp_path / "run")
+    last = unfinish(run)
+    make_legacy(last)
+    capsys.readouterr()
+    vaekit.train(resume=run)
+    err = capsys.readouterr().err
+    assert "skipping" not in err and "resuming at step 8 in" in err, err
+
+
+# ------------------------------------------------------------------------------ 4. process count
+def test_resuming_with_another_process_count_is_one_line_naming_the_count(tmp_path: Path) -> None:
+    from vaekit.errors import ConfigError
+
+    two = ckpt_mod.CheckpointManager(tmp_path / "ck", rank=0, world=2, is_main=True, gather=lambda x: x * 2,
+                                     keep_last=2)
+    two.register("module", "model", torch.nn.Linear(2, 2))
+    two.register("local", "rng", ckpt_mod.RNGState())
+    path = two.save(3, {"step": 3, "stage_index": 0})
+    assert (path / "rng_rank1.pt").is_file()
+    one = ckpt_mod.CheckpointManager(tmp_path / "ck", rank=0, world=1, is_main=True, gather=lambda x: x, keep_last=2)
+    one.register("module", "model", torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match=r"trained with 2 processes and is resumed with 1; resume it with 2"):
+        one.load()
+    make_legacy(path)  # a checkpoint from before the count was saved: one RNG file per process tells it
+    with pytest.raises(ConfigError, match=r"trained with 2 processes and is resumed with 1"):
+        one.load()

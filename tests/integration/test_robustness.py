@@ -390,8 +390,11 @@ class _Payload:
 
 
 def _pickle_into(file: Path, marker: Path) -> None:
+    """A payload added, and the manifest rewritten to match (a hostile author can do both): loading must still
+    refuse the pickle itself."""
     state = torch.load(file, weights_only=True)
     torch.save({**state, "payload": _Payload(marker)}, file)
+    ckpt_mod.write_manifest(file.parent)
 
 
 def _truncate(file: Path) -> None:
