@@ -242,3 +242,48 @@ def test_resuming_with_another_process_count_is_one_line_naming_the_count(tmp_pa
     make_legacy(path)  # a checkpoint from before the count was saved: one RNG file per process tells it
     with pytest.raises(ConfigError, match=r"trained with 2 processes and is resumed with 1"):
         one.load()
+
+
+# ------------------------------------------------------------------------------ 3. non-finite
+def all_finite(ckpt: Path) -> bool:
+    tensors = list(load_file(str(ckpt / "model.safetensors")).values())
+    optim = torch.load(ckpt / "optim.pt", weights_only=True)
+    for update in (v for k, v in optim.items() if k in ("generator", "discriminator")):
+        tensors += [t for per in update["optimizer"]["state"].values() for t in per.values() if torch.is_tensor(t)]
+    return all(bool(torch.isfinite(t.float()).all()) for t in tensors)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_an_exploding_batch_norm_buffer_stops_the_run_and_the_last_good_checkpoint_is_finite(
+    tmp_path: Path, capsys, policy: str
+) -> None:
+    tree = tiny_tree(tmp_path / "runs", "bn", model={"norm": "batch"}, optim={"lr": 1e6}, log={"every": 1},
+                     train={"ckpt_every": 1, "nan_policy": policy})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 3 and len(lines) == 1 and "running_var" in lines[0], lines
+    good = Path(lines[0].split("the last good checkpoint is ")[1])
+    assert all_finite(good)
+    assert not (tmp_path / "runs" / "bn" / "model.safetensors").exists()
+
+
+def test_a_huge_beta_stops_the_run_instead_of_checkpointing_an_infinite_optimizer_state(tmp_path: Path, capsys) -> None:
+    # the losses stay finite (val loss ~1e36) while Adam's second moments overflow to inf
+    tree = tiny_tree(tmp_path / "runs", "beta", loss={"beta": 1e38}, model={"norm": "batch"}, train={"ckpt_every": 4})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 3 and len(lines) == 1 and lines[0].startswith("vaekit: stopped: non-finite values"), lines
+    assert "exp_avg_sq of model: " in lines[0], lines
+
+
+def test_a_non_finite_validation_loss_stops_the_run(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vaekit.engine.validation import Validator
+
+    real = Validator.run
+
+    def run(self: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        return {**real(self, *args, **kwargs), "loss": float("inf")}
+
+    monkeypatch.setattr(Validator, "run", run)
+    tree = tiny_tree(tmp_path / "runs", "val", train={"ckpt_every": 4, "val_every": 8})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 3 and len(lines) == 1, lines
+    assert "non-finite validation loss at step 8 in term(s) loss; the last good checkpoint is " in lines[0], lines
