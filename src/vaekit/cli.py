@@ -205,7 +205,12 @@ def _eval_command(args: argparse.Namespace) -> int:
     out = run_dir / "eval"
     result = evaluate(loaded, args.overrides or None, out_dir=out / tag, **_eval_kwargs(args))
     path = out / f"{tag}.json"
-    path.write_text(json.dumps(result, indent=1))
+    try:
+        path.write_text(json.dumps(result, indent=1))
+    except OSError as err:
+        from vaekit.eval.load import write_failed
+
+        raise write_failed(err, out) from None
     print(markdown_table({loaded.name: result}))
     for name, reason in result["skipped"].items():
         print(f"skipped {name}: {reason}", file=sys.stderr)

@@ -287,3 +287,152 @@ def test_a_non_finite_validation_loss_stops_the_run(tmp_path: Path, capsys, monk
     code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
     assert code == 3 and len(lines) == 1, lines
     assert "non-finite validation loss at step 8 in term(s) loss; the last good checkpoint is " in lines[0], lines
+
+
+# ------------------------------------------------------------------------------ 5. damaged run files, options
+def with_model_config(run: Path, text: str) -> Path:
+    (run / "model_config.json").write_text(text)
+    return run
+
+
+MODEL_CONFIGS = {  # model_config.json → the words of the one line
+    "not-json": ("not json", "damaged (not JSON"),
+    "a-list": ("[1, 2]", "damaged (a list"),
+    "unknown-arch": ('{"arch": "nope"}', "cannot build a model (unknown arch 'nope'"),
+    "unknown-kwarg": (None, "cannot build a model"),
+    "negative-latent": (None, "cannot build a model (Trying to create tensor with negative dimension"),
+    "huge": (None, "more than half the free memory"),
+}
+
+
+def _edited_config(run: Path, case: str) -> str:
+    text, _ = MODEL_CONFIGS[case]
+    if text is not None:
+        return text
+    config = json.loads((run / "model_config.json").read_text())
+    config |= {"unknown-kwarg": {"bogus": 1}, "negative-latent": {"latent_dim": -1},
+               "huge": {"hidden_dims": [int(1e8), 16]}}[case]
+    return json.dumps(config)
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+@pytest.mark.parametrize("case", list(MODEL_CONFIGS))
+def test_a_damaged_model_config_is_one_line(finished, tmp_path: Path, capsys, case: str, command: str) -> None:
+    run = finished(tmp_path / "run")
+    with_model_config(run, _edited_config(run, case))
+    ckpt = run / "checkpoints" / "step_00000008"
+    argv = [command, str(run), "--checkpoint", str(ckpt)] + (["--batches", "1", "--metrics", "mse"] if command == "eval" else [])
+    code, lines = run_cli(argv, capsys)
+    assert code == 2 and len(lines) == 1 and MODEL_CONFIGS[case][1] in lines[0], lines
+    assert "model_config.json" in lines[0]
+
+
+def test_load_model_on_damaged_files_is_one_line(finished, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from vaekit.errors import CheckpointError, ConfigError
+
+    run = finished(tmp_path / "run")
+    with pytest.raises(ConfigError, match="model= must be an nn.Module"):
+        vaekit.load_model(run, model="x")
+    weights = load_file(str(run / "model.safetensors"))
+    save_file(weights, str(run / "model.safetensors"), metadata={"vaekit": "{bad"})
+    with pytest.raises(CheckpointError, match="damaged metadata"):
+        vaekit.load_model(run)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        vaekit.load_model(run / "config.yaml")
+
+
+def test_the_weights_do_not_fit_message_lists_the_keys(finished, tmp_path: Path) -> None:
+    from vaekit.errors import CheckpointError
+
+    run = finished(tmp_path / "run")
+    config = json.loads((run / "model_config.json").read_text())
+    other = vaekit.load_model(run)
+    config["latent_dim"] += 1
+    from vaekit.models import build_model_from_config
+
+    with pytest.raises(CheckpointError, match=r"the weights do not fit this model \(\d+ mismatched \(file vs model\): ") as err:
+        vaekit.load_model(run, model=build_model_from_config(config))
+    assert "decoder.proj.0.weight (1024, 4) vs (1024, 5)" in str(err.value)
+    assert other is not None
+
+
+def test_eval_of_nan_weights_is_one_line(finished, tmp_path: Path, capsys) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = finished(tmp_path / "run")
+    file = run / "model.safetensors"
+    with safe_open(str(file), "pt") as fh:
+        meta = fh.metadata()
+    weights = {k: v * float("nan") if k.startswith("encoder") and v.is_floating_point() else v
+               for k, v in load_file(str(file)).items()}
+    save_file(weights, str(file), metadata=meta)
+    code, lines = run_cli(["eval", str(run), "--batches", "1"], capsys)
+    assert code == 2 and len(lines) == 1 and "holds non-finite weights (encoder." in lines[0], lines
+
+
+def test_a_checkpoint_with_a_damaged_state_is_refused_by_eval_and_export(finished, tmp_path: Path, capsys) -> None:
+    run = finished(tmp_path / "run")
+    ckpt = run / "checkpoints" / "step_00000008"
+    step_abc(ckpt / "state.json")
+    ckpt_mod.write_manifest(ckpt)
+    for argv in (["eval", str(run), "--checkpoint", "step_00000008", "--batches", "1"],
+                 ["export", str(run), "--checkpoint", str(ckpt)]):
+        code, lines = run_cli(argv, capsys)
+        assert code == 2 and len(lines) == 1 and "damaged (step 'abc'" in lines[0], (argv, lines)
+    code, lines = run_cli(["eval", str(run), "--checkpoint", str(run / "config.yaml")], capsys)
+    assert code == 2 and len(lines) == 1 and "not a readable safetensors file" in lines[0], lines
+
+
+OPTIONS = {
+    "k0": (["--k", "0"], "k: 0"),
+    "batches0": (["--batches", "0"], "batches: 0"),
+    "batches-1": (["--batches", "-1"], "batches: -1"),
+    "batch-size0": (["--batch-size", "0"], "batch_size: 0"),
+    "device-nope": (["--device", "nope"], "device: 'nope' is not a device"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIONS))
+def test_bad_eval_options_are_one_line(finished, tmp_path: Path, capsys, case: str) -> None:
+    run = finished(tmp_path / "run")
+    args, words = OPTIONS[case]
+    code, lines = run_cli(["eval", str(run), *args], capsys)
+    assert code == 2 and len(lines) == 1 and words in lines[0], lines
+    assert not (run / "eval").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": -1}, {"batches": 0}])
+def test_bad_evaluate_arguments_are_one_line(finished, tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    from vaekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{next(iter(kwargs))}: "):
+        vaekit.evaluate(finished(tmp_path / "run"), **kwargs)
+
+
+def test_outputs_that_cannot_be_written_are_one_line(finished, tmp_path: Path, capsys) -> None:
+    run = finished(tmp_path / "run")
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (["export", str(run), "--out", str(tmp_path / "a-file")], "exists and is not a folder"),
+        (["export", str(run), "--out", "/proc"], "cannot write '/proc/model.safetensors.tmp'"),
+        (["compare", str(run), str(run), "--out", "/dev/null", "--batches", "1"], "exists and is not a folder"),
+        (["export", str(tmp_path)], "not a vaekit run directory"),
+    ]
+    for argv, words in cases:
+        code, lines = run_cli(argv, capsys)
+        assert code == 2 and len(lines) == 1 and words in lines[0], (argv, lines)
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_eval_on_a_read_only_run_directory_is_one_line(finished, tmp_path: Path, capsys) -> None:
+    run = finished(tmp_path / "run")
+    if subprocess.run(["chattr", "+i", str(run)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        code, lines = run_cli(["eval", str(run), "--batches", "1"], capsys)
+    finally:
+        subprocess.run(["chattr", "-i", str(run)], check=False)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("vaekit: run error: out_dir"), lines

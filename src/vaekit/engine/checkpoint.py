@@ -25,6 +25,7 @@ what it should be is a one-line ``CheckpointError``; a write that fails (read-on
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -120,7 +121,10 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
     meta = {"vaekit": json.dumps(metadata, sort_keys=True)} if metadata else None
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        save_file(state_dict_for_save(module), str(tmp), metadata=meta)
+        try:
+            save_file(state_dict_for_save(module), str(tmp), metadata=meta)
+        except SafetensorError as err:  # an I/O failure inside safetensors (e.g. a folder that takes no files)
+            raise OSError(errno.EIO, _first_line(err), str(tmp)) from None
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -139,10 +143,28 @@ def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 
 
 def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
+    """Load a safetensors file into ``module``; an unreadable file and weights that do not fit are different
+    one-line ``CheckpointError``s (the latter lists the missing, unexpected and mismatched keys)."""
+    state = read_weights(path)
     try:
-        module.load_state_dict(read_weights(path), strict=strict)
+        module.load_state_dict(state, strict=strict)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not fit this model ({_first_line(err)})") from None
+        report = fit_report(module, state) or _first_line(err)
+        raise CheckpointError(f"{path}: the weights do not fit this model ({report})") from None
+
+
+def fit_report(model: Any, state: dict[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading into ``model``: missing, unexpected and mismatched keys, the first few of
+    each with counts ('' when it fits)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = [f"{len(keys)} {what}: {', '.join(keys[:3])}" + (", ..." if len(keys) > 3 else "")
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched (file vs model)", mismatched))
+             if keys]
+    return "; ".join(parts)
 
 
 def safe_torch_load(path: Path) -> Any:

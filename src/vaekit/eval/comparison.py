@@ -11,7 +11,7 @@ from torch import nn
 
 from vaekit.errors import ConfigError
 from vaekit.eval.data import check_fits, describe, expected_shape, fixed_size, resolve_data
-from vaekit.eval.load import Loaded, load_for_eval
+from vaekit.eval.load import Loaded, check_options, load_for_eval, output_dir, write_failed
 from vaekit.eval.run import measure, options
 
 
@@ -65,6 +65,8 @@ def compare(
     """
     if len(models) < 2:
         raise ConfigError(f"compare: needs at least two models (got {len(models)})")
+    check_options(batches, batch_size, k, kwargs.get("device"))
+    directory = output_dir(out_dir, "--out") if out_dir is not None else None
     loaded = [load_for_eval(m) for m in models]
     labels = list(names) if names is not None else _unique([m.name for m in loaded])
     for item, label in zip(loaded, labels, strict=True):
@@ -93,15 +95,16 @@ def compare(
             opts=opts,
         )
     out = {"models": labels, "results": results, "data": eval_data.description, "split": split, "seed": seed}
-    if out_dir is not None:
+    if directory is not None:
         from vaekit.eval.figures import comparison_figure
 
-        directory = Path(out_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "compare.md").write_text(markdown_table(results) + "\n")
-        comparison_figure(artifacts, results, directory / "compare.png")
-        out["files"] = [str(directory / n) for n in ("compare.json", "compare.md", "compare.png")]
-        (directory / "compare.json").write_text(json.dumps(out, indent=1))
+        try:
+            (directory / "compare.md").write_text(markdown_table(results) + "\n")
+            comparison_figure(artifacts, results, directory / "compare.png")
+            out["files"] = [str(directory / n) for n in ("compare.json", "compare.md", "compare.png")]
+            (directory / "compare.json").write_text(json.dumps(out, indent=1))
+        except OSError as err:
+            raise write_failed(err, directory) from None
     return out
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from vaekit.eval.comparison import compare, markdown_table
 from vaekit.eval.data import EvalData, check_fits, resolve_data
-from vaekit.eval.load import Loaded, load_for_eval
+from vaekit.eval.load import Loaded, check_options, load_for_eval, output_dir, write_failed
 from vaekit.eval.registry import ALL_METRICS, METRICS, NEEDS_WEIGHTS, UNITS, default_metrics
 from vaekit.eval.run import Artifacts, measure, options
 
@@ -86,6 +86,8 @@ def evaluate(
         scale/shift factors, per-label F1, per-factor MIG/SAP), ``skipped`` (name → why), the provenance
         (``model``, ``source``, ``step``, ``split``, ``samples``, ``seed``, ``k``) and ``files`` with ``out_dir``.
     """
+    check_options(batches, batch_size, k, device)
+    folder = output_dir(out_dir, "out_dir") if out_dir is not None else None
     loaded = load_for_eval(model_or_run, checkpoint, ema)
     if device is not None:
         loaded.model.to(device)
@@ -105,8 +107,11 @@ def evaluate(
         k=k,
         opts=options(lpips_net, lpips_pretrained, lpips_weights, fid_feature, fid_weights),
     )
-    if out_dir is not None:
+    if folder is not None:
         from vaekit.eval.figures import write_figures
 
-        result["files"] = [str(p) for p in write_figures(artifacts, Path(out_dir), seed=seed)]
+        try:
+            result["files"] = [str(p) for p in write_figures(artifacts, folder, seed=seed)]
+        except OSError as err:
+            raise write_failed(err, folder) from None
     return result
