@@ -436,3 +436,116 @@ def test_eval_on_a_read_only_run_directory_is_one_line(finished, tmp_path: Path,
     finally:
         subprocess.run(["chattr", "-i", str(run)], check=False)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("vaekit: run error: out_dir"), lines
+
+
+# ------------------------------------------------------------------------------ 5. the Python API
+class NoParams(torch.nn.Module):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flatten(1)[:, :4], x.flatten(1)[:, :4] * 0
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+class Linear(torch.nn.Module):
+    """A tiny user VAE for 1×16×16 items (256 values)."""
+
+    def __init__(self, d: int = 256) -> None:
+        super().__init__()
+        self.enc, self.dec = torch.nn.Linear(d, 8), torch.nn.Linear(4, 256)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.enc(x.flatten(1)).chunk(2, 1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dec(z).view(-1, 1, 16, 16)
+
+
+class TwoArgs(Linear):
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return super().encode(x)
+
+
+class Buggy(Linear):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ValueError("a bug in the user's own encode")
+
+
+class BuggyDataset(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> Any:
+        raise ValueError("a bug in the user's own Dataset")
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self) -> Any:
+        return iter([{"x": torch.rand(1, 16, 16)} for _ in range(40)])
+
+
+def api_tree(tmp_path: Path) -> dict[str, Any]:
+    return tiny_tree(tmp_path / "runs", "api", data={"image_size": 16, "num_samples": 100},
+                     model={"arch": "mlp", "hidden_dims": [16]}, train={"batch_size": 16, "max_steps": 2})
+
+
+def _images(n: int = 64, side: int = 16) -> torch.Tensor:
+    return torch.rand(n, 1, side, side)
+
+
+def _loader(items: list[torch.Tensor]) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(items, batch_size=None)
+
+
+API_CASES: dict[str, tuple[Any, str, str]] = {  # name → (kwargs for train, label, words)
+    "overrides-ints": (lambda: {"overrides": [1, 2]}, "config error", "overrides: expected a list"),
+    "hooks-int": (lambda: {"hooks": [1]}, "config error", "hooks: each hook must be callable"),
+    "no-parameters": (lambda: {"model": NoParams(), "x": _images()}, "model error", "has no parameters"),
+    "encode-signature": (lambda: {"model": TwoArgs(), "x": _images()}, "model error", "TwoArgs.encode(x, y) must take one tensor"),
+    "shape-does-not-fit": (lambda: {"model": Linear(10), "x": _images()}, "model error", "cannot take items of shape (1, 16, 16)"),
+    "varying-batches": (lambda: {"train_data": _loader([_images(4), _images(4, 8)] * 4), "val_data": _images(8)},
+                        "data error", "batch 1 holds items of shape (1, 8, 8)"),
+    "empty-loader": (lambda: {"train_data": _loader([]), "val_data": _images(8)}, "data error", "yields no batches"),
+    "meta-tensor": (lambda: {"x": torch.empty(64, 1, 16, 16, device="meta")}, "data error", "a meta tensor"),
+    "iterable-dataset": (lambda: {"train_data": Stream()}, "data error", "an IterableDataset"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_python_api_mistakes_are_one_line_errors(tmp_path: Path, case: str) -> None:
+    from vaekit.errors import VaekitError, user_message
+
+    kwargs, label, words = API_CASES[case]
+    with pytest.raises(VaekitError) as err:
+        vaekit.train(api_tree(tmp_path), **kwargs())
+    line, code = user_message(err.value)
+    assert code == 2 and line.startswith(f"{label}: ") and words in line, line
+    if case != "varying-batches":  # found when the odd batch comes; the rest before anything is created
+        assert not (tmp_path / "runs" / "api").exists()
+
+
+def test_set_seed_with_a_string_is_one_line() -> None:
+    from vaekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set_seed: seed must be a whole number"):
+        vaekit.set_seed("a")
+
+
+@pytest.mark.parametrize("kwargs", [lambda: {"model": Buggy(), "x": _images()}, lambda: {"train_data": BuggyDataset()}])
+def test_an_exception_from_the_users_own_code_keeps_its_type_and_traceback(tmp_path: Path, kwargs: Any) -> None:
+    with pytest.raises(ValueError, match="a bug in the user's own") as err:
+        vaekit.train(api_tree(tmp_path), **kwargs())
+    from vaekit.errors import VaekitError
+
+    assert not isinstance(err.value, VaekitError)  # not relabelled "config error"
+    assert err.traceback[-1].path == Path(__file__)  # raised here, in the user's code
+
+
+def test_missing_perceptual_weights_from_python_leave_no_run_directory(tmp_path: Path) -> None:
+    from vaekit.errors import MissingWeightsError
+
+    perceptual = {"kind": "vgg", "weight": 0.1, "weights_path": str(tmp_path / "missing.pth")}
+    tree = tiny_tree(tmp_path / "runs", "lpips", loss={"perceptual": perceptual})
+    with pytest.raises(MissingWeightsError):
+        vaekit.train(tree)
+    assert not (tmp_path / "runs").exists()

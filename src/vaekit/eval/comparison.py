@@ -99,6 +99,7 @@ def compare(
         from vaekit.eval.figures import comparison_figure
 
         try:
+            directory.mkdir(parents=True, exist_ok=True)
             (directory / "compare.md").write_text(markdown_table(results) + "\n")
             comparison_figure(artifacts, results, directory / "compare.png")
             out["files"] = [str(directory / n) for n in ("compare.json", "compare.md", "compare.png")]

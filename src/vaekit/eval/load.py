@@ -297,18 +297,22 @@ def check_options(batches: int | None, batch_size: int, k: int, device: Any = No
         raise ConfigError(f"device: {device!r} is not available on this machine")
 
 
-def output_dir(path: str | Path, option: str) -> Path:
-    """Create the folder results go to, before any work is done: a path that is a file, or under one that cannot
-    be written (read-only, ``/proc``), is one line naming ``option``."""
+def output_dir(path: str | Path, option: str, create: bool = False) -> Path:
+    """Check (and with ``create``, make) the folder results go to, before any work is done: a path that is a
+    file, or under a folder that cannot be written (read-only), is one line naming ``option``."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise RunDirError(f"{option} {str(folder)!r}: exists and is not a folder; name a new or existing folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunDirError(f"{option} {str(folder)!r}: cannot create it ({err.strerror or err})") from None
-    if not os.access(folder, os.W_OK):
-        raise RunDirError(f"{option} {str(folder)!r}: not writable")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"{option} {str(folder)!r}: cannot write under {str(existing)!r} (not a writable folder)")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"{option} {str(folder)!r}: cannot create it ({err.strerror or err})") from None
     return folder
 
 

@@ -26,7 +26,7 @@ from vaekit.engine.finetune import Finetuner, GatherBeforeSave
 from vaekit.engine.loop import Trainer
 from vaekit.engine.rundir import new_run_dir, prepare_run_dir
 from vaekit.engine.runtime import Runtime
-from vaekit.errors import ConfigError, RunDirError, VaekitError
+from vaekit.errors import ConfigError, RunDirError, VaekitError, raised_in_user_code
 from vaekit.models import build_discriminator, build_model
 from vaekit.models.adapter import as_vae, export_module
 from vaekit.pipeline.stages import Stage, resolve_stages
@@ -58,6 +58,8 @@ class StageData:
             except VaekitError:
                 raise
             except ValueError as err:  # a data setting that cannot work; the message names the key
+                if raised_in_user_code(err):  # the user's own Dataset: their traceback, unrelabelled
+                    raise
                 raise ConfigError(str(err)) from None
             self._cache[key] = self._to_device(data)
         return self._cache[key]
@@ -147,6 +149,8 @@ def _build_modules(cfg: VaekitConfig, model: nn.Module | None, info: DataInfo, s
         adv = next((s for s in stages if s.adversarial), None)
         disc = build_discriminator(adv.cfg.loss.adversarial.discriminator, info.shape).to(rt.device) if adv else None
     except ValueError as err:
+        if raised_in_user_code(err):  # the user's own encode: their traceback, unrelabelled
+            raise
         raise ConfigError(str(err)) from None
     if cfg.model.grad_checkpointing and model is not None:
         vae.set_grad_checkpointing(True)

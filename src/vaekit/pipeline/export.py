@@ -101,6 +101,7 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
             module = build_model_from_config(model_cfg)
         state = merge_lora_state(state, module, _owner_finetune(run_dir, weights))
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
             if fmt == "diffusers":
                 assert module is not None

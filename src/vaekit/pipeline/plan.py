@@ -17,7 +17,7 @@ from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.plan import Plan
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.updates import build_update
-from vaekit.errors import ConfigError, VaekitError
+from vaekit.errors import ConfigError, VaekitError, raised_in_user_code
 from vaekit.models.adapter import export_module
 from vaekit.objectives import DiscriminatorObjective, VAEObjective
 from vaekit.pipeline.build import RunParts
@@ -32,6 +32,8 @@ def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
     try:  # a resolution/clip length the model cannot take fails here, naming the keys, not mid-step
         run.model.latent_shape_for(tuple(data.info.shape))
     except ValueError as err:
+        if raised_in_user_code(err):  # the user's own encode: their traceback, unrelabelled
+            raise
         raise ConfigError(f"stages.{stage.index} ({stage.name}): {err}") from None
     train_loader, val_loader = loaders(rt, cfg, data)
     clock = StageClock(stage.spec, math.ceil(len(train_loader) / cfg.train.grad_accum))
