@@ -549,3 +549,85 @@ def test_missing_perceptual_weights_from_python_leave_no_run_directory(tmp_path:
     with pytest.raises(MissingWeightsError):
         vaekit.train(tree)
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------ 5. disks, trackers, names
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """``tiny_disk(size)`` → a fresh tmpfs of ``size`` (e.g. "400k"): a real full disk (needs root)."""
+    mounts: list[Path] = []
+
+    def make(size: str) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.parametrize("size", ["150k", "400k", "700k"])
+def test_a_really_full_disk_is_one_line_and_leaves_no_half_written_checkpoint(
+    tiny_disk, tmp_path: Path, capsys, size: str
+) -> None:
+    disk = tiny_disk(size)
+    tree = tiny_tree(disk, "r", model={"arch": "mlp", "hidden_dims": [64]}, data={"image_size": 16},
+                     train={"max_steps": 40, "ckpt_every": 2}, log={"every": 1})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 2 and len(lines) == 1 and "(No space left on device" in lines[0], lines
+    assert lines[0].startswith("vaekit: run error: cannot write"), lines
+    leftovers = [p.name for p in (disk / "r" / "checkpoints").glob("step_*") if "." in p.name]
+    assert not leftovers, leftovers
+
+
+def test_a_full_disk_at_a_metrics_write_is_one_line(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from vaekit.tracking.tracker import Tracker
+
+    real, calls = Tracker.log, [0]
+
+    def log(self: Tracker, record: dict[str, Any]) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run_dir / "metrics.jsonl"))
+        real(self, record)
+
+    monkeypatch.setattr(Tracker, "log", log)
+    tree = tiny_tree(tmp_path / "runs", "r", train={"ckpt_every": 4})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    run = tmp_path / "runs" / "r"
+    assert code == 2 and len(lines) == 1, lines
+    assert f"(No space left on device: {run / 'metrics.jsonl'}); the last complete checkpoint is " in lines[0], lines
+    assert "vaekit train --resume" in lines[0]
+
+
+def test_wandb_without_an_api_key_is_one_line_before_training(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    tree = tiny_tree(tmp_path / "runs", "wb", log={"wandb": True})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 2 and len(lines) == 1 and "log.wandb: no W&B API key" in lines[0], lines
+    assert not list((tmp_path / "runs" / "wb").glob("checkpoints/*"))
+
+
+def test_mlflow_with_an_unreachable_server_is_one_line_before_training(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    tree = tiny_tree(tmp_path / "runs", "ml", log={"mlflow": True, "mlflow_uri": "http://127.0.0.1:9"})
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
+    assert code == 2 and len(lines) == 1 and "log.mlflow: cannot start a mlflow run" in lines[0], lines
+    assert not list((tmp_path / "runs" / "ml").glob("checkpoints/*"))
+
+
+def test_a_run_name_that_is_not_utf8_is_one_line(tmp_path: Path, capsys) -> None:
+    name = b"caf\xe9".decode("utf-8", "surrogateescape")  # what a Latin-1 shell passes in a UTF-8 locale
+    tree = tiny_tree(tmp_path / "runs", "x")
+    code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree)), f"run.name={name}"], capsys)
+    assert code == 2 and len(lines) == 1 and "run.name" in lines[0] and "must be UTF-8 text" in lines[0], lines

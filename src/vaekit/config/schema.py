@@ -78,6 +78,10 @@ class RunConfig(Section):
             )
         if len(v.encode("utf-8", "surrogatepass")) > 200:
             raise ValueError("must be at most 200 bytes (a directory name)")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell could not decode (a Latin-1 name in a UTF-8 locale)
+            raise ValueError("must be UTF-8 text (it holds bytes that are not; write the name in UTF-8)") from None
         return v
 
 

@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -121,15 +122,42 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
     meta = {"vaekit": json.dumps(metadata, sort_keys=True)} if metadata else None
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        try:
-            save_file(state_dict_for_save(module), str(tmp), metadata=meta)
-        except SafetensorError as err:  # an I/O failure inside safetensors (e.g. a folder that takes no files)
-            raise OSError(errno.EIO, _first_line(err), str(tmp)) from None
+        _save_safetensors(state_dict_for_save(module), tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)  # a full disk keeps no half-written file
         raise
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``save_file``; its I/O failures (a full disk) come back as the ``OSError`` they are."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        raise _as_os_error(err, path) from None
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    """``torch.save``; a write that fails inside torch's zip writer (a full disk) comes back as an ``OSError``."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as err:
+        raise _as_os_error(err, path) from None
+
+
+def _as_os_error(err: Exception, path: Path) -> OSError:
+    """A library's wrapped I/O failure as an ``OSError``: the errno it names (``os error 28``), else ENOSPC when
+    the disk is (nearly) full, else EIO."""
+    found = re.search(r"os error (\d+)", str(err))
+    if found:
+        code = int(found.group(1))
+    else:
+        try:
+            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 1 << 20 else errno.EIO
+        except OSError:
+            code = errno.EIO
+    return OSError(code, os.strerror(code) if found or code == errno.ENOSPC else _first_line(err), str(path))
 
 
 def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -313,10 +341,10 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
             for name, module in self.modules.items():
-                save_file(state_dict_for_save(module), str(tmp / f"{name}.safetensors"))
-            torch.save({name: obj.state_dict() for name, obj in self.shared.items()}, tmp / "optim.pt")
+                _save_safetensors(state_dict_for_save(module), tmp / f"{name}.safetensors")
+            _save_torch({name: obj.state_dict() for name, obj in self.shared.items()}, tmp / "optim.pt")
             for rank, local in enumerate(locals_all):
-                torch.save(local, tmp / f"rng_rank{rank}.pt")
+                _save_torch(local, tmp / f"rng_rank{rank}.pt")
             state = {**train_state, "world": self.world, "format": FORMAT}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
             write_manifest(tmp)  # last: lists (and hashes) every file above
