@@ -117,7 +117,7 @@ def train(
             )
         if cfg.model.arch == "custom" and model is None:
             raise ConfigError("model.arch=custom: pass the module itself: vaekit.train(..., model=my_module)")
-    check_weights(cfg)  # pretrained weights on disk before a run directory or tracker run is created
+    check_weights(cfg, init_from=run_dir is None)  # before a run directory or tracker run is created
     outcome = Pipeline(cfg, model, data, run_dir=run_dir, resume=run_dir is not None, hooks=hooks).run()
     trainer = outcome.trainer
     from vaekit.engine.checkpoint import latest_checkpoint
@@ -158,14 +158,17 @@ def _check_arguments(overrides: Any, hooks: Any, data: dict[str, Any]) -> None:
                             "DataLoader over it (with val_data), or an array")
 
 
-def check_weights(cfg: VaekitConfig) -> None:
-    """Pretrained weights every stage needs (perceptual networks) are on disk: ``MissingWeightsError`` otherwise,
-    before any run directory exists."""
+def check_weights(cfg: VaekitConfig, init_from: bool = True) -> None:
+    """Weights the run needs, before any run directory exists: the pretrained perceptual networks
+    (``MissingWeightsError``) and, with ``init_from``, every stage's ``init_from`` (``ConfigError``)."""
     from vaekit.objectives.perceptual import check_perceptual_weights
-    from vaekit.pipeline.stages import resolve_stages
+    from vaekit.pipeline.stages import check_init_from, resolve_stages
 
-    for stage in resolve_stages(cfg):
+    stages = resolve_stages(cfg)
+    for stage in stages:
         check_perceptual_weights(stage.cfg.loss.perceptual)
+    if init_from:
+        check_init_from(stages)
 
 
 def _resume_config(run_dir: Path, overrides: list[str], kwargs: dict[str, Any], model: Any, data: Any) -> VaekitConfig:

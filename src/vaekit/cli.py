@@ -166,12 +166,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _check_weights(cfg) -> None:  # noqa: ANN001
-    """Pretrained perceptual weights must be on disk before any training starts."""
+    """Pretrained perceptual weights and every stage's ``init_from`` must be on disk before any training starts."""
     from vaekit.objectives.perceptual import check_perceptual_weights
-    from vaekit.pipeline.stages import resolve_stages
+    from vaekit.pipeline.stages import check_init_from, resolve_stages
 
-    for stage in resolve_stages(cfg):
+    stages = resolve_stages(cfg)
+    for stage in stages:
         check_perceptual_weights(stage.cfg.loss.perceptual)
+    check_init_from(stages)
 
 
 def _eval_kwargs(args: argparse.Namespace) -> dict:

@@ -631,3 +631,45 @@ def test_a_run_name_that_is_not_utf8_is_one_line(tmp_path: Path, capsys) -> None
     tree = tiny_tree(tmp_path / "runs", "x")
     code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree)), f"run.name={name}"], capsys)
     assert code == 2 and len(lines) == 1 and "run.name" in lines[0] and "must be UTF-8 text" in lines[0], lines
+
+
+# ------------------------------------------------------------------------------ 6. unclear or silently accepted
+@pytest.mark.parametrize("value", ["no", "false"])
+def test_precision_no_as_yaml_reads_it_is_accepted(value: str) -> None:
+    from vaekit.config.load import load_config, resolve_dict
+
+    assert load_config(resolve_dict(None, [f"train.precision={value}"])).train.precision == "no"
+
+
+@pytest.mark.parametrize("text", ["run:\n  seed: 1\n  seed: 2\n", "optim: {lr: 0.1, lr: 0.2}\n"])
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path, capsys, text: str) -> None:
+    (tmp_path / "cfg.yaml").write_text(text)
+    code, lines = run_cli(["validate", str(tmp_path / "cfg.yaml"), "--no-data"], capsys)
+    assert code == 2 and len(lines) == 1 and "duplicate key" in lines[0], lines
+
+
+def test_invalid_stage_defaults_without_stages_are_refused(tmp_path: Path, capsys) -> None:
+    tree = tiny_tree(tmp_path / "runs", "r", stage_defaults={"steps": -3})
+    code, lines = run_cli(["validate", str(write_config(tmp_path / "cfg.yaml", tree)), "--no-data"], capsys)
+    assert code == 2 and len(lines) == 1 and "stage_defaults.steps" in lines[0], lines
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_a_missing_or_foreign_init_from_is_refused_before_anything_is_printed(tmp_path: Path, capsys, command: str) -> None:
+    stages = [{"name": "a", "steps": 2}, {"name": "b", "steps": 2, "init_from": "/etc/passwd"}]
+    tree = tiny_tree(tmp_path / "runs", "r", stages=stages)
+    capsys.readouterr()
+    code = cli.main([command, str(write_config(tmp_path / "cfg.yaml", tree))])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "", out
+    assert err.startswith("vaekit: config error: stages.1.init_from (b): '/etc/passwd' is not a readable safetensors"), err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
+def test_resuming_a_finished_run_keeps_the_stage_on_its_test_record(tmp_path: Path) -> None:
+    tree = tiny_tree(tmp_path / "runs", "r", data={"split": [0.8, 0.1, 0.1]},
+                     stages=[{"name": "a", "steps": 2}, {"name": "b", "steps": 2}])
+    run = vaekit.train(tree).run_dir
+    vaekit.train(resume=run)
+    tests = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"test"' in line]
+    assert tests and all(r["stage"] == "b" and r["stage_index"] == 1 for r in tests), tests

@@ -489,8 +489,9 @@ def test_init_from_something_that_is_not_weights_is_one_line(tmp_path: Path, cap
     tree = tiny_tree(tmp_path / "runs", "r", stages=stages)
     code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
     assert code == 2
-    assert len(lines) == 1 and lines[0].startswith("vaekit: config error: init_from: "), lines
+    assert len(lines) == 1 and lines[0].startswith("vaekit: config error: stages.0.init_from (warm): "), lines
     assert str(source) in lines[0]
+    assert not (tmp_path / "runs").exists()  # checked before anything is created or printed
 
 
 def test_stage_name_with_a_slash_is_refused_by_the_cli(tmp_path: Path, capsys) -> None:

@@ -425,6 +425,12 @@ class TrainConfig(Section):
     deterministic: bool = False
     """torch.use_deterministic_algorithms (slower on GPU)."""
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_off(cls, v: Any) -> Any:
+        # YAML reads ``no`` (and ``false``, ``off``) as false: each means full precision, as ``"no"`` does
+        return "no" if v is False else v
+
 
 # ------------------------------------------------------------------------------------------- log
 class LogConfig(Section):
