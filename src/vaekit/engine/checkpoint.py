@@ -484,8 +484,10 @@ def read_train_state(path: Path) -> dict[str, Any]:
     if state.get("format", 1) != 1 or (path / MANIFEST).exists():
         verify_manifest(path)
     step = state["step"]
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0 or step != _step_of(path):
-        raise CheckpointError(f"{file}: damaged (step {step!r} is not this checkpoint's step {_step_of(path)})")
+    named = _step_of(path)  # None for a checkpoint directory copied under another name
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0 or (named is not None and step != named):
+        expected = f"this checkpoint's step {named}" if named is not None else "a step count"
+        raise CheckpointError(f"{file}: damaged (step {step!r} is not {expected})")
     for key in ("stage_index", "stage_step", "epoch", "batch_in_epoch"):
         if not isinstance(state.get(key, 0), int) or isinstance(state.get(key, 0), bool):
             raise CheckpointError(f"{file}: damaged ({key} {state[key]!r} is not a whole number)")
