@@ -91,7 +91,7 @@ def evaluate(
         (``model``, ``source``, ``step``, ``split`` (the one used), ``samples``, ``seed``, ``k``), ``note`` when
         there is something to tell (an empty split replaced), and ``files`` with ``out_dir``.
     """
-    check_options(batches, batch_size, k, device)
+    check_options(batches, batch_size, k, device)  # and the output folder, before any work
     folder = output_dir(out_dir, "out_dir") if out_dir is not None else None
     loaded = load_for_eval(model_or_run, checkpoint, ema)
     if device is not None:
@@ -116,10 +116,15 @@ def evaluate(
     if eval_data.note:
         result["note"] = eval_data.note
     if folder is not None:
-        from vaekit.eval.figures import write_figures
-
-        try:
-            result["files"] = [str(p) for p in write_figures(artifacts, folder, seed=seed)]
-        except OSError as err:
-            raise write_failed(err, folder) from None
+        result["files"] = _figures(artifacts, folder, seed)
     return result
+
+
+def _figures(artifacts: Artifacts, folder: Path, seed: int) -> list[str]:
+    """The figures of one evaluation in ``folder``; a write that fails (a full disk) is one line."""
+    from vaekit.eval.figures import write_figures
+
+    try:
+        return [str(p) for p in write_figures(artifacts, folder, seed=seed)]
+    except OSError as err:
+        raise write_failed(err, folder) from None
