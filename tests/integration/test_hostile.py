@@ -673,3 +673,15 @@ def test_resuming_a_finished_run_keeps_the_stage_on_its_test_record(tmp_path: Pa
     vaekit.train(resume=run)
     tests = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"test"' in line]
     assert tests and all(r["stage"] == "b" and r["stage_index"] == 1 for r in tests), tests
+
+
+def test_init_from_weights_that_do_not_fit_are_refused_before_anything_is_printed(finished, tmp_path: Path, capsys) -> None:
+    source = finished(tmp_path / "source")
+    stages = [{"name": "ft", "steps": 2, "init_from": str(source)}]
+    tree = tiny_tree(tmp_path / "runs", "r", stages=stages, model={"latent_dim": 5})
+    capsys.readouterr()
+    code = cli.main(["train", str(write_config(tmp_path / "cfg.yaml", tree))])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("vaekit: config error: stages.0.init_from (ft): ") and "mismatched (file vs model)" in err, err
+    assert not (tmp_path / "runs").exists()

@@ -109,6 +109,8 @@ def build_run(cfg: VaekitConfig, model: nn.Module | None = None, data: dict[str,
     info = data_for(stages[0]).info
     cfg, stages = _likelihood_from_data(cfg, stages, info, resume)
     vae, disc = _build_modules(cfg, model, info, stages, rt)
+    if not resume:  # weights a stage starts from must fit: said now, before any output or run directory
+        _check_init_from_fits(stages, export_module(vae))
     # the run directory only once data and model are known to work: a bad config leaves nothing behind
     run_path, lock = _open_run_dir(rt, cfg, info, run_dir, resume)
     ema = EMA(vae, cfg.train.ema.decay) if cfg.train.ema.enabled else None
@@ -155,6 +157,25 @@ def _build_modules(cfg: VaekitConfig, model: nn.Module | None, info: DataInfo, s
     if cfg.model.grad_checkpointing and model is not None:
         vae.set_grad_checkpointing(True)
     return vae, disc
+
+
+def _check_init_from_fits(stages: list[Stage], module: nn.Module) -> None:
+    """Every stage's ``init_from`` weights fit the model (names and shapes read from the file's header only)."""
+    from safetensors import safe_open
+
+    from vaekit.engine.checkpoint import fit_report
+    from vaekit.pipeline.stages import init_from_weights
+
+    for stage in stages:
+        if not stage.spec.init_from:
+            continue
+        where = f"stages.{stage.index}.init_from ({stage.name})"
+        path = init_from_weights(stage.spec.init_from, where)
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {k: torch.empty(fh.get_slice(k).get_shape(), device="meta") for k in fh.keys()}
+        report = fit_report(module, shapes)
+        if report:
+            raise ConfigError(f"{where}: {path}: the weights do not fit this model ({report})")
 
 
 def _open_run_dir(rt: Runtime, cfg: VaekitConfig, info: DataInfo, run_dir: Path | None,
