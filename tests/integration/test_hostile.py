@@ -568,7 +568,7 @@ def tiny_disk(tmp_path: Path):
 
     yield make
     for point in mounts:
-        subprocess.run(["umount", str(point)], check=False)
+        subprocess.run(["umount", "-l", str(point)], check=False)  # lazy: a file still open never keeps it
 
 
 @pytest.mark.parametrize("size", ["150k", "400k", "700k"])
@@ -685,3 +685,14 @@ def test_init_from_weights_that_do_not_fit_are_refused_before_anything_is_printe
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err.startswith("vaekit: config error: stages.0.init_from (ft): ") and "mismatched (file vs model)" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "compare"])
+def test_a_full_disk_under_an_output_folder_is_one_line(finished, tiny_disk, tmp_path: Path, capsys, command: str) -> None:
+    run = finished(tmp_path / "run")
+    out = tiny_disk("8k") / "out"
+    argv = {"export": ["export", str(run), "--out", str(out)],
+            "compare": ["compare", str(run), str(run), "--out", str(out), "--batches", "1", "--metrics", "mse"]}[command]
+    code, lines = run_cli(argv, capsys)
+    assert code == 2 and len(lines) == 1 and "No space left on device" in lines[0], lines
+    assert lines[0].startswith("vaekit: run error: cannot write"), lines
