@@ -301,7 +301,7 @@ MODEL_CONFIGS = {  # model_config.json → the words of the one line
     "unknown-arch": ('{"arch": "nope"}', "cannot build a model (unknown arch 'nope'"),
     "unknown-kwarg": (None, "cannot build a model"),
     "negative-latent": (None, "cannot build a model (Trying to create tensor with negative dimension"),
-    "huge": (None, "more than half the free memory"),
+    "huge": (None, "more than the available memory"),
 }
 
 
@@ -311,7 +311,7 @@ def _edited_config(run: Path, case: str) -> str:
         return text
     config = json.loads((run / "model_config.json").read_text())
     config |= {"unknown-kwarg": {"bogus": 1}, "negative-latent": {"latent_dim": -1},
-               "huge": {"hidden_dims": [int(1e8), 16]}}[case]
+               "huge": {"hidden_dims": [10**6, 10**6]}}[case]
     return json.dumps(config)
 
 

@@ -146,7 +146,7 @@ class RunLock:
                 if refused and self.created:
                     with contextlib.suppress(OSError):
                         os.unlink(self.path)
-                else:
+                else:  # the run's own lock file (checked when taken): emptied, so it names no stale owner
                     os.ftruncate(self.fd, 0)
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
             finally:

@@ -111,18 +111,25 @@ def model_skeleton(config: dict[str, Any], source: Path) -> nn.Module:
     except (TypeError, ValueError, KeyError, RuntimeError, AttributeError, OverflowError) as err:
         raise CheckpointError(f"{source}: the stored model config cannot build a model ({_first_line(err)})") from None
     free = _free_memory()
-    if free is not None and size > free // 2:
+    if free is not None and size > free:
         raise CheckpointError(
             f"{source}: the stored model config asks for {count_parameters(skeleton):,} parameters "
-            f"({size / 2**30:.1f} GiB), more than half the free memory ({free / 2**30:.1f} GiB); a damaged "
+            f"({size / 2**30:.1f} GiB), more than the available memory ({free / 2**30:.1f} GiB); a damaged "
             "model_config.json, or a model too large for this machine"
         )
     return skeleton
 
 
 def _free_memory() -> int | None:
+    """Memory available to a new allocation (``MemAvailable``: free plus reclaimable cache), else all of it."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
 
