@@ -4,7 +4,6 @@ objective and its clock, handed to the engine as a `vaekit.engine.plan.Plan`."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,12 +17,12 @@ from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.plan import Plan
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.updates import build_update
-from vaekit.errors import ConfigError
+from vaekit.errors import ConfigError, raised_in_user_code
 from vaekit.models.adapter import export_module
 from vaekit.objectives import DiscriminatorObjective, VAEObjective
 from vaekit.pipeline.build import RunParts
 from vaekit.pipeline.init_from import load_init_weights
-from vaekit.pipeline.stages import Stage, StageClock
+from vaekit.pipeline.stages import Stage, StageClock, init_from_weights
 
 
 def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
@@ -34,6 +33,8 @@ def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
     try:  # a resolution/clip length the model cannot take fails here, naming the keys, not mid-step
         run.model.latent_shape_for(tuple(data.info.shape))
     except ValueError as err:
+        if raised_in_user_code(err):  # the user's own encode: their traceback, unrelabelled
+            raise
         raise ConfigError(f"stages.{stage.index} ({stage.name}): {err}") from None
     if stage.index > 0:  # the first stage's data were checked before the run directory was made
         check_target_range(cfg.loss.recon, data.train, f"stages.{stage.index}.loss.recon")
@@ -113,13 +114,7 @@ def batches(rt: Runtime, source: Any, cfg: VaekitConfig, train: bool) -> Any:
 
 # ---------------------------------------------------------------------------------- weights
 def _init_from(run: RunParts, source: str) -> None:
-    path = Path(source)
-    if path.is_dir():  # a run directory (its export, else its latest checkpoint) or one checkpoint
-        latest = ckpt.latest_checkpoint(path / "checkpoints")
-        exported = path / "model.safetensors"
-        path = exported if exported.is_file() or latest is None else latest / "model.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"init_from: {source!r} has no model.safetensors")
+    path = init_from_weights(source)
     load_init_weights(export_module(run.model), path)  # LoRA adapters merged; a mismatch names the keys
     disc_file = path.with_name("discriminator.safetensors")
     if run.disc is not None and disc_file.is_file():
