@@ -18,7 +18,22 @@ def vae_terms(loss: LossConfig) -> set[str]:
         terms.add("spectral")
     if loss.kl.schedule == "capacity":
         terms.add("capacity")
+    terms |= VARIANT_TERMS.get(loss.variant, set())
     return terms
+
+
+VARIANT_TERMS: dict[str, set[str]] = {
+    "beta_tcvae": {"mi", "tc", "dwkl"},
+    "factor_vae": {"tc"},
+    "dip_vae_i": {"dip"},
+    "dip_vae_ii": {"dip"},
+}
+"""The terms a research variant adds (``objectives.variants``)."""
+
+
+def factor_terms(loss: LossConfig) -> set[str]:
+    """Train-only terms of FactorVAE's latent discriminator update."""
+    return {"d_loss", "d_acc"} if loss.variant == "factor_vae" else set()
 
 
 def adversarial_terms(loss: LossConfig) -> set[str]:
@@ -60,6 +75,6 @@ already logs, such as ``kl`` and ``mse``, keep the objective's value)."""
 def produced_metrics(loss: LossConfig, eval_metrics: list[str] | tuple[str, ...] = ()) -> set[str]:
     """Every metric name (``train/…``, ``val/…``) a stage with this loss config (and ``eval.metrics``) logs."""
     terms = vae_terms(loss)
-    train = {f"train/{t}" for t in terms | adversarial_terms(loss)}
+    train = {f"train/{t}" for t in terms | adversarial_terms(loss) | factor_terms(loss)}
     extra = {name for group in eval_metrics for name in EVAL_REPORTS.get(group, ())}
     return train | {f"val/{t}" for t in terms | extra} | {f"val/{t}" for t in VAL_EXTRA}
