@@ -19,15 +19,18 @@ from vaekit.objectives.iwae import LOG_2PI
 
 # ------------------------------------------------------------------------------------------- β-TCVAE
 def log_importance_weight_matrix(batch: int, dataset_size: int) -> Tensor:
-    """Minibatch-stratified sampling weights (Chen et al. 2018, appendix; their reference code): ``(B, B)`` log
-    weights, row i for the batch seen from sample i."""
+    """Minibatch-stratified sampling weights (Chen et al. 2018, appendix C.2): ``(B, B)`` log weights; row i gives
+    1/N to x_i itself, (N − M)/(N·M) to one other sample (the stratum's remainder, here x_{i+1}) and 1/M to the
+    remaining M − 1, with M = B − 1, so each row sums to 1. (The authors' code writes these by flat-index strides
+    that fill columns rather than the diagonal; this follows the paper.)"""
     n, m = dataset_size, batch - 1
-    strat = (n - m) / (n * m)
-    w = torch.full((batch, batch), 1.0 / m)
-    w.view(-1)[:: m + 1] = 1.0 / n
-    w.view(-1)[1 :: m + 1] = strat
-    w[m - 1, 0] = strat
-    return w.log()
+    if m < 1:  # a batch of one: the sample itself
+        return torch.full((batch, batch), -math.log(n))
+    w = torch.full((batch, batch), 1.0 / m, dtype=torch.float64)
+    idx = torch.arange(batch)
+    w[idx, (idx + 1) % batch] = (n - m) / (n * m)
+    w[idx, idx] = 1.0 / n
+    return w.log().float()
 
 
 def tc_decomposition(z: Tensor, mean: Tensor, logvar: Tensor, dataset_size: int,
