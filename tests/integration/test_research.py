@@ -42,6 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "miwae": {"loss": {"iw": {"k": 2, "m": 2}}, "model": MLP},
     "vampprior": {"model": {"prior": {"pseudo_inputs": 16}, "norm": "group"}},
     "hvae-2": {"model": HVAE, "loss": {"iw": {"k": 2}}},
+    "factor-vae": {"loss": {"factor": {"hidden": 32, "layers": 2}}},
 }
 
 
@@ -55,6 +56,10 @@ def test_research_preset_trains_and_logs_its_terms(tmp_path: Path, preset: str) 
     expected = {"beta-tcvae": {"mi", "tc", "dwkl"}, "dip-vae-i": {"dip"}, "dip-vae-ii": {"dip"}}.get(preset, set())
     assert expected | {"loss", "recon", "kl"} <= set(val)
     assert (result.run_dir / "model.safetensors").is_file()
+    if preset == "factor-vae":  # the TC estimate and the latent discriminator's own update are logged in training
+        train = [r for r in read_jsonl(result.run_dir / "metrics.jsonl") if r["split"] == "train" and "kind" not in r]
+        assert {"tc", "d_loss", "d_acc", "disc_lr"} <= set(train[-1])
+        assert (result.run_dir / "checkpoints" / f"step_{6:08d}" / "discriminator.safetensors").is_file()
 
 
 def test_iwae_preset_trains_through_the_cli(tmp_path: Path) -> None:
@@ -143,10 +148,17 @@ def test_research_run_resumed_mid_epoch_matches_uninterrupted_run(tmp_path: Path
     assert_same_tree(straight.history, resumed.history, "history")
 
 
-def test_iwae_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
+KILLED = {
+    "iwae": {"loss": {"variant": "iwae", "iw": {"k": 4}}},
+    # two optimizers: the autoencoder's and the latent discriminator's (factor_optim)
+    "factor_vae": {"preset": "factor-vae", "loss": {"factor": {"hidden": 32, "layers": 2}}},
+}
+
+
+@pytest.mark.parametrize("variant", list(KILLED))
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, variant: str) -> None:
     root = tmp_path / "runs"
-    sections = {"train": {"max_steps": 60, "ckpt_every": 10}, "log": {"every": 1},
-                "loss": {"variant": "iwae", "iw": {"k": 4}}}
+    sections = {"train": {"max_steps": 60, "ckpt_every": 10}, "log": {"every": 1}, **KILLED[variant]}
     configs = {}
     for name in ("killed", "straight"):
         configs[name] = tmp_path / f"{name}.yaml"
@@ -179,5 +191,10 @@ def test_iwae_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> 
                             capture_output=True, text=True, timeout=240, env=CHILD_ENV)
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert_same_weights(root / "straight" / "model.safetensors", run_dir / "model.safetensors")
+    last = complete_checkpoints(run_dir)[-1]
+    for weights in last.glob("*.safetensors"):  # model (+ discriminator)
+        assert_same_weights(root / "straight" / "checkpoints" / last.name / weights.name, weights)
+    assert_same_tree(torch.load(root / "straight" / "checkpoints" / last.name / "optim.pt", weights_only=True),
+                     torch.load(last / "optim.pt", weights_only=True), "optim.pt")
     reference = [without_timing(r) for r in read_jsonl(root / "straight" / "metrics.jsonl")]
     assert [without_timing(r) for r in read_jsonl(run_dir / "metrics.jsonl")] == reference

@@ -24,7 +24,6 @@ def vae_terms(loss: LossConfig) -> set[str]:
 
 VARIANT_TERMS: dict[str, set[str]] = {
     "beta_tcvae": {"mi", "tc", "dwkl"},
-    "factor_vae": {"tc"},
     "dip_vae_i": {"dip"},
     "dip_vae_ii": {"dip"},
 }
@@ -32,8 +31,9 @@ VARIANT_TERMS: dict[str, set[str]] = {
 
 
 def factor_terms(loss: LossConfig) -> set[str]:
-    """Train-only terms of FactorVAE's latent discriminator update."""
-    return {"d_loss", "d_acc"} if loss.variant == "factor_vae" else set()
+    """Train-only terms of FactorVAE: the TC estimate (validation has no discriminator) and the latent
+    discriminator's update."""
+    return {"tc", "d_loss", "d_acc"} if loss.variant == "factor_vae" else set()
 
 
 def adversarial_terms(loss: LossConfig) -> set[str]:
