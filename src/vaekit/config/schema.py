@@ -621,6 +621,31 @@ class StageConfig(BaseModel):
         return v
 
 
+# ----------------------------------------------------------------------------------------- sweep
+class SweepConfig(Section):
+    """``vaekit sweep``: an Optuna study over config keys (command-line flags override these)."""
+
+    trials: int = Field(8, ge=1, le=100000)
+    """Trials in the study in total (a continued sweep runs only the missing ones)."""
+    params: dict[str, str] = Field(default_factory=dict)
+    """Config key → distribution: ``loguniform:LO:HI``, ``uniform:LO:HI``, ``int:LO:HI``, ``choice:A,B,C``."""
+    metric: str = "val/loss"
+    """The record to optimise (``split/term``, e.g. ``val/loss``); its last value in a trial is the trial's value."""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    """Whether a lower or a higher metric is better."""
+    jobs: int = Field(1, ge=1, le=1024)
+    """Trials running at once (each a subprocess)."""
+    nproc: int = Field(1, ge=1, le=1024)
+    """Processes per trial (>1: launched with torchrun, data-parallel)."""
+    pruner: Literal["median", "none"] = "median"
+    """Stop a trial whose validation records fall below the median of earlier trials at the same step."""
+    dir: str | None = None
+    """The sweep's directory (study.db, one run directory per trial, the tables and plot). Default:
+    ``{run.dir}/sweep-{run.name or 'study'}``."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """The sampler's seed."""
+
+
 # ------------------------------------------------------------------------------------------- all
 class VaekitConfig(Section):
     preset: str | None = None
@@ -632,6 +657,8 @@ class VaekitConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     disc_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-4, betas=(0.5, 0.9)))
     """The discriminator's optimizer (used when ``loss.adversarial.weight > 0``)."""
+    sweep: SweepConfig | None = None
+    """``vaekit sweep``'s settings (ignored by ``vaekit train``)."""
     factor_optim: OptimConfig | None = None
     """loss.variant=factor_vae: the latent discriminator's optimizer (required then; the paper: adam, lr 1e-4,
     betas [0.5, 0.9])."""
