@@ -3,6 +3,7 @@ with the mlp and conv families and a user's module, in stages, with EMA, and res
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -198,3 +199,18 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, variant:
                      torch.load(last / "optim.pt", weights_only=True), "optim.pt")
     reference = [without_timing(r) for r in read_jsonl(root / "straight" / "metrics.jsonl")]
     assert [without_timing(r) for r in read_jsonl(run_dir / "metrics.jsonl")] == reference
+
+
+def test_vaekit_eval_reports_the_disentanglement_metrics(tmp_path: Path, capsys) -> None:
+    from vaekit.cli import main
+
+    tree = tiny_tree(tmp_path, "dis", data={"num_samples": 600})
+    tree["train"]["max_steps"] = 4
+    run = vaekit.train(tree).run_dir
+    names = "mig,dci,factor_vae_score,beta_vae_score"
+    assert main(["eval", str(run), "--metrics", names]) == 0
+    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = json.loads(out.read_text())["metrics"]
+    for key in ("dci_disentanglement", "dci_completeness", "dci_informativeness", "factor_vae_score",
+                "beta_vae_score"):
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])

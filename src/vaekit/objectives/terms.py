@@ -67,6 +67,9 @@ EVAL_REPORTS: dict[str, tuple[str, ...]] = {
     "tags": ("f1_micro", "f1_macro", "map", "auroc"),
     "mig": ("mig",),
     "sap": ("sap",),
+    "dci": ("dci_disentanglement", "dci_completeness", "dci_informativeness"),
+    "factor_vae_score": ("factor_vae_score",),
+    "beta_vae_score": ("beta_vae_score",),
 }
 """``eval.metrics`` names (the groups of ``vaekit.eval``) → the validation terms they add (names the objective
 already logs, such as ``kl`` and ``mse``, keep the objective's value)."""
