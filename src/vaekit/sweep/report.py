@@ -59,6 +59,7 @@ def _plot(rows: list[dict[str, Any]], spec: SweepSpec) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     params = spec.params
     fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.2), squeeze=False)
@@ -71,6 +72,7 @@ def _plot(rows: list[dict[str, Any]], spec: SweepSpec) -> None:
                 ax.scatter(xs, [y for _, y in pts], marker=marker, label=state)
         if p.kind in ("loguniform", "intlog"):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
         ax.set_xlabel(p.key)
         ax.set_ylabel(spec.settings.metric)
         ax.legend(fontsize=7)
