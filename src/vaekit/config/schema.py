@@ -293,14 +293,11 @@ class ModelConfig(Section):
     gaussian_logvar: Literal["scalar", "pixel"] = "scalar"
     """With ``loss.recon: gaussian``: one learned log-variance, or one per output element (decoder head)."""
     grad_checkpointing: bool = False
-<<<<<<< HEAD
+    """Recompute each block in the backward pass (less memory, more compute)."""
     prior: PriorConfig = Field(default_factory=PriorConfig)
     """The prior p(z) (normal or vampprior; built-in families)."""
     top: TopLayerConfig = Field(default_factory=TopLayerConfig)
     """arch=hvae: the second stochastic layer."""
-=======
-    """Recompute each block in the backward pass (less memory, more compute)."""
->>>>>>> main
 
     @model_validator(mode="after")
     def _pretrained_source(self) -> ModelConfig:
@@ -495,7 +492,7 @@ class LossConfig(Section):
     spectral: SpectralConfig = Field(default_factory=SpectralConfig)
     """Multi-resolution STFT term (audio)."""
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
-<<<<<<< HEAD
+    """PatchGAN adversarial term and its discriminator."""
     variant: Variant = "elbo"
     """The objective: elbo (β-VAE with ``kl``), beta_tcvae (``tc``), factor_vae (``factor`` and ``factor_optim``),
     dip_vae_i / dip_vae_ii (``dip``), iwae / miwae (``iw``). Variants other than elbo replace the KL term."""
@@ -519,9 +516,6 @@ class LossConfig(Section):
         if self.variant == "iwae" and self.iw.m != 1:
             raise ValueError("loss.iw.m: iwae uses one bound (m=1); use loss.variant=miwae for m > 1")
         return self
-=======
-    """PatchGAN adversarial term and its discriminator."""
->>>>>>> main
 
 
 # ----------------------------------------------------------------------------------------- optim
