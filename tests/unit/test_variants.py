@@ -241,3 +241,23 @@ def test_research_settings_that_cannot_work_fail_in_one_line(tree: dict, message
     with pytest.raises(ConfigError, match=message) as err:
         load_config(tree)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("arch", ["vampprior", "hvae"])
+def test_eval_importance_weighted_nll_uses_the_models_own_densities(arch: str) -> None:
+    from vaekit.eval.metrics import importance_weighted_nll
+    from vaekit.models import build_model
+
+    model_cfg = ({"arch": "mlp", "hidden_dims": [8], "latent_dim": 2, "prior": {"kind": "vampprior", "pseudo_inputs": 3}}
+                 if arch == "vampprior" else {"arch": "hvae", "hidden_dims": [8], "latent_dim": 3,
+                                              "top": {"latent_dim": 2, "hidden_dims": [4]}})
+    cfg = load_config({"model": model_cfg, "loss": {"variant": "iwae", "iw": {"k": 4}}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, (6,), "bce").eval()
+    x = torch.bernoulli(torch.full((5, 6), 0.5))
+    nll = importance_weighted_nll(model, x, 4, torch.Generator().manual_seed(1), "bce")
+    g = torch.Generator().manual_seed(1)
+    latent = model.latent_shape_for((6,))
+    noise = torch.stack([torch.randn((5, *latent), generator=g) for _ in range(4)], 1)  # (B, k, latent)
+    loss, _ = VAEObjective(cfg.loss)(x, model(x, noise=noise), step=0)
+    assert float(nll.mean()) == pytest.approx(float(loss), rel=1e-5)

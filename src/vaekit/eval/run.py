@@ -224,7 +224,11 @@ class _Pass:
         dims = x[0].numel()
         if "elbo" in want:
             with timed("elbo"):
-                for name, value in M.elbo_terms(self.kind, recon_z, x, mean, logvar, logvar_z).items():
+                terms = M.elbo_terms(self.kind, recon_z, x, mean, logvar, logvar_z)
+                if M.has_own_densities(model):  # a learned prior / two layers: the sampled KL, not N(0, I)'s
+                    log_px, log_pz, log_qz = (t[0] for t in M.sampled_log_densities(model, x, 1, gen, self.kind))
+                    terms = {"recon_nll": -log_px, "kl": log_qz - log_pz, "neg_elbo": log_qz - log_pz - log_px}
+                for name, value in terms.items():
                     self.add(name, value)
                 self.add("neg_elbo_bpd", M.bits_per_dim(self.per_sample["neg_elbo"][-1], dims))
         if "iwae" in want:
