@@ -105,3 +105,15 @@ def test_sweep_killed_and_continued_keeps_finished_trials(tmp_path: Path) -> Non
             assert (Path(row["run_dir"]) / "model.safetensors").is_file()
     assert (sweep_dir / "results.md").read_text().startswith("# Sweep: val/loss (minimize)")
     assert (sweep_dir / "params.png").stat().st_size > 0
+
+
+def test_trials_with_several_processes_launch_through_torchrun(tmp_path: Path) -> None:
+    from vaekit.sweep.runner import _command
+    from vaekit.sweep.spec import build_spec
+
+    spec = build_spec(str(_config(tmp_path)), [], {"nproc": 2}, ["optim.lr=loguniform:1e-4:1e-2"])
+    cmd = _command(spec, tmp_path / "trials" / "trial-0003", {"optim.lr": 0.001}, resume=False)
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert cmd[-3:] == ["run.name=trial-0003", "log.progress=false", "optim.lr=0.001"]
+    resume = _command(spec, tmp_path / "trials" / "trial-0003", {}, resume=True)
+    assert resume[-2:] == ["--resume", str(tmp_path / "trials" / "trial-0003")]
