@@ -19,7 +19,8 @@ def load_model(path: str | Path, model: nn.Module | None = None, map_location: s
     """A trained model from a run directory or a ``model.safetensors`` (its config is stored beside/in it).
 
     Args:
-        path: a run directory, a checkpoint directory, or a ``.safetensors`` file.
+        path: a run directory, a checkpoint directory, a ``.safetensors`` file, a ``vaekit export --format hub``
+            folder, or the hub id (``owner/name``) such a folder was pushed to.
         model: for a run that trained a user module: a fresh instance of that class to load the weights into.
 
     Raises:
@@ -31,7 +32,7 @@ def load_model(path: str | Path, model: nn.Module | None = None, map_location: s
 
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(f"load_model: model= must be an nn.Module instance, got {type(model).__name__}")
-    path = Path(path)
+    path = resolve_hub(path)
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
@@ -47,6 +48,22 @@ def load_model(path: str | Path, model: nn.Module | None = None, map_location: s
         model = rebuild_model(model_config, path)
     load_state(model, state, path)
     return model.eval()
+
+
+def resolve_hub(path: str | Path) -> Path:
+    """A local path as is; else ``owner/name`` fetched with ``huggingface_hub.snapshot_download`` (one line when
+    the hub cannot serve it)."""
+    p, text = Path(path), str(path)
+    if p.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")) or text.endswith(".safetensors"):
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=["model.safetensors", "*.json", "*.yaml", "README.md"]))
+    except Exception as err:  # noqa: BLE001 - offline, missing, gated: the hub raises many kinds; all one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"load_model: {text} is not a local path and the hub cannot serve it ({first}); "
+                          "download the folder where the hub is reachable and pass its path") from None
 
 
 def stored_model_config(path: Path) -> dict[str, Any]:
@@ -137,11 +154,15 @@ def _free_memory() -> int | None:
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """``model.load_state_dict(state)``, or a one-line ``CheckpointError`` listing what does not fit."""
     from vaekit.engine.checkpoint import fit_report
+    from vaekit.models.adapter import export_module
 
-    report = fit_report(model, state)
+    # an export holds the wrapped module's own keys (a diffusers model's, a user module's): fit those
+    inner = export_module(model)
+    target = inner if inner is not model and state and not any(k.startswith("module.") for k in state) else model
+    report = fit_report(target, state)
     if report:
         raise CheckpointError(f"{source}: the weights do not fit this model ({report})")
-    model.load_state_dict(state)
+    target.load_state_dict(state)
 
 
 def _first_line(err: BaseException) -> str:
