@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -38,6 +38,7 @@ class VAEOutput:
     logvar: Tensor
     z: Tensor
     recon_logvar: Tensor | None = None
+    info: dict[str, Tensor] = field(default_factory=dict)
 
 
 OUTPUT_ACTIVATIONS = ("none", "tanh", "sigmoid")
@@ -107,15 +108,28 @@ class VAE(nn.Module):
 
         ε is ``noise`` when given (the trainer draws it for the global batch so data-parallel runs match a single
         process), else ``randn_like`` on the global RNG, so a restored RNG state reproduces the run.
+        With ``noise`` of shape ``(B, S, *latent)`` it draws S samples per input (importance-weighted objectives):
+        ``z`` is then ``(B, S, *latent)`` and ``recon`` ``(B, S, *shape)``. A model with a learned prior
+        (``self.prior``) reports ``info["log_pz"]`` for each z.
         """
         mean, logvar = self.encode(x)
+        multi = noise is not None and noise.dim() == mean.dim() + 1
         if sample_posterior:
             eps = torch.randn_like(mean) if noise is None else noise.to(mean.dtype)
-            z = mean + torch.exp(0.5 * logvar) * eps
+            std = torch.exp(0.5 * logvar)
+            z = mean.unsqueeze(1) + std.unsqueeze(1) * eps if multi else mean + std * eps
         else:
-            z = mean
-        recon, recon_logvar = self.decode(z)
-        return VAEOutput(recon=recon, mean=mean, logvar=logvar, z=z, recon_logvar=recon_logvar)
+            z, multi = mean, False
+        recon, recon_logvar = self.decode(z.flatten(0, 1) if multi else z)
+        if multi:
+            recon = recon.unflatten(0, z.shape[:2])
+            if recon_logvar is not None and recon_logvar.dim() > 0:
+                recon_logvar = recon_logvar.unflatten(0, z.shape[:2])
+        info = {}
+        prior = getattr(self, "prior", None)
+        if prior is not None:
+            info["log_pz"] = prior.log_prob(z.flatten(0, 1) if multi else z, self.encode).view(z.shape[: 2 if multi else 1])
+        return VAEOutput(recon=recon, mean=mean, logvar=logvar, z=z, recon_logvar=recon_logvar, info=info)
 
     def latent_shape_for(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The latent shape for one input of ``input_shape`` (spatial latents follow the input's size)."""
@@ -131,7 +145,11 @@ class VAE(nn.Module):
         param = next(self.parameters())
         device = generator.device if generator is not None else param.device
         latent = self.latent_shape_for(input_shape) if input_shape is not None else tuple(self.latent_shape)
-        z = torch.randn((n, *latent), generator=generator, device=device, dtype=param.dtype)
+        prior = getattr(self, "prior", None)
+        if prior is not None:
+            z = prior.sample(n, self.encode, generator)
+        else:
+            z = torch.randn((n, *latent), generator=generator, device=device, dtype=param.dtype)
         return self.decode(z.to(param.device))[0]
 
     @property
@@ -192,16 +210,27 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], recon_kind: str) -> VA
     """Build the family named by ``cfg.arch`` for per-sample data ``shape`` and likelihood ``recon_kind``."""
     if cfg.arch not in MODELS:
         raise ValueError(f"unknown model.arch {cfg.arch!r}; registered: {sorted(MODELS)}")
-    return MODELS[cfg.arch].from_model_config(cfg, tuple(shape), recon_kind)
+    model = MODELS[cfg.arch].from_model_config(cfg, tuple(shape), recon_kind)
+    if cfg.prior.kind != "normal":
+        from vaekit.models.priors import attach_prior
+
+        attach_prior(model, cfg.prior.kind, cfg.prior.pseudo_inputs, tuple(shape))
+    return model
 
 
 def build_model_from_config(config: dict[str, Any]) -> VAE:
     """Rebuild a model from its :attr:`VAE.config` (e.g. read back from JSON beside ``model.safetensors``)."""
     kwargs = dict(config)
     arch = kwargs.pop("arch")
+    prior = kwargs.pop("prior", None)
     if arch not in MODELS:
         raise ValueError(f"unknown arch {arch!r} in model config; registered: {sorted(MODELS)}")
-    return MODELS[arch](**kwargs)
+    model = MODELS[arch](**kwargs)
+    if prior is not None:
+        from vaekit.models.priors import attach_prior
+
+        attach_prior(model, prior["kind"], prior["pseudo_inputs"], tuple(prior["shape"]))
+    return model
 
 
 # ------------------------------------------------------------------------------------------ inspection

@@ -18,7 +18,22 @@ def vae_terms(loss: LossConfig) -> set[str]:
         terms.add("spectral")
     if loss.kl.schedule == "capacity":
         terms.add("capacity")
+    terms |= VARIANT_TERMS.get(loss.variant, set())
     return terms
+
+
+VARIANT_TERMS: dict[str, set[str]] = {
+    "beta_tcvae": {"mi", "tc", "dwkl"},
+    "dip_vae_i": {"dip"},
+    "dip_vae_ii": {"dip"},
+}
+"""The terms a research variant adds (``objectives.variants``)."""
+
+
+def factor_terms(loss: LossConfig) -> set[str]:
+    """Train-only terms of FactorVAE: the TC estimate (validation has no discriminator) and the latent
+    discriminator's update."""
+    return {"tc", "d_loss", "d_acc"} if loss.variant == "factor_vae" else set()
 
 
 def adversarial_terms(loss: LossConfig) -> set[str]:
@@ -52,6 +67,9 @@ EVAL_REPORTS: dict[str, tuple[str, ...]] = {
     "tags": ("f1_micro", "f1_macro", "map", "auroc"),
     "mig": ("mig",),
     "sap": ("sap",),
+    "dci": ("dci_disentanglement", "dci_completeness", "dci_informativeness"),
+    "factor_vae_score": ("factor_vae_score",),
+    "beta_vae_score": ("beta_vae_score",),
 }
 """``eval.metrics`` names (the groups of ``vaekit.eval``) → the validation terms they add (names the objective
 already logs, such as ``kl`` and ``mse``, keep the objective's value)."""
@@ -60,6 +78,6 @@ already logs, such as ``kl`` and ``mse``, keep the objective's value)."""
 def produced_metrics(loss: LossConfig, eval_metrics: list[str] | tuple[str, ...] = ()) -> set[str]:
     """Every metric name (``train/…``, ``val/…``) a stage with this loss config (and ``eval.metrics``) logs."""
     terms = vae_terms(loss)
-    train = {f"train/{t}" for t in terms | adversarial_terms(loss)}
+    train = {f"train/{t}" for t in terms | adversarial_terms(loss) | factor_terms(loss)}
     extra = {name for group in eval_metrics for name in EVAL_REPORTS.get(group, ())}
     return train | {f"val/{t}" for t in terms | extra} | {f"val/{t}" for t in VAL_EXTRA}
