@@ -142,7 +142,7 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", choices=["none", "folder"], default="none",
                    help="folder: the class folder's index as each sample's cls member")
     p.add_argument("--split", nargs="+", choices=["train", "val", "test"], default=None,
-                   help="a config's splits to pack (default: all, in that order)")
+                   help="a config's splits to pack (default: train; several go into one set, which the webdataset source splits again)")
 
     p = sub.add_parser("encode", help="encode a data set with a run's model: latent shards, stats.json, manifest.json")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -50,7 +50,8 @@ def test_encode_writes_model_encode_latents_and_numpy_stats(run: Path, tmp_path:
             mean, _ = model.encode(torch.stack([source[i]["x"] for i in range(len(source))]))
         torch.testing.assert_close(z[split], mean, rtol=0, atol=1e-6)  # batching may reorder float sums
     stats = json.loads((out / "stats.json").read_text())
-    every = torch.cat([z["train"], z["val"]]).double().numpy()  # (N, C, h, w)
+    every = z["train"].double().numpy()  # (N, C, h, w): scale and shift are fitted on the training split only
+    assert stats["fitted_on"] == ["train"]
     per_channel = every.transpose(1, 0, 2, 3).reshape(3, -1)
     np.testing.assert_allclose(stats["mean"], per_channel.mean(1), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(stats["std"], per_channel.std(1), rtol=1e-10)

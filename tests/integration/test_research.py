@@ -114,7 +114,7 @@ def test_beta_vae_warmup_then_beta_tcvae_in_stages(tmp_path: Path) -> None:
 
 
 def test_vampprior_with_more_pseudo_inputs_than_samples_is_refused(tmp_path: Path) -> None:
-    tree = tiny_tree(tmp_path, "vamp", model={"prior": {"kind": "vampprior", "pseudo_inputs": 1000}})
+    tree = tiny_tree(tmp_path, "vamp", model={"norm": "group", "prior": {"kind": "vampprior", "pseudo_inputs": 1000}})
     with pytest.raises(ConfigError, match=r"model.prior.pseudo_inputs=1000: more pseudo-inputs than the 360"):
         vaekit.train(tree)
 

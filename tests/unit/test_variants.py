@@ -181,7 +181,7 @@ def test_vampprior_model_reports_sampled_kl() -> None:
     from vaekit.models import build_model
 
     cfg = load_config({"model": {"arch": "mlp", "hidden_dims": [8], "latent_dim": 2,
-                                 "prior": {"kind": "vampprior", "pseudo_inputs": 3}}})
+                                 "prior": {"kind": "vampprior", "pseudo_inputs": 3}, "norm": "none"}})
     model = build_model(cfg.model, (4,), "bce")
     x = torch.rand(5, 4)
     out = model(x)
@@ -248,7 +248,7 @@ def test_eval_importance_weighted_nll_uses_the_models_own_densities(arch: str) -
     from vaekit.eval.metrics import importance_weighted_nll
     from vaekit.models import build_model
 
-    model_cfg = ({"arch": "mlp", "hidden_dims": [8], "latent_dim": 2, "prior": {"kind": "vampprior", "pseudo_inputs": 3}}
+    model_cfg = ({"arch": "mlp", "hidden_dims": [8], "latent_dim": 2, "norm": "none", "prior": {"kind": "vampprior", "pseudo_inputs": 3}}
                  if arch == "vampprior" else {"arch": "hvae", "hidden_dims": [8], "latent_dim": 3,
                                               "top": {"latent_dim": 2, "hidden_dims": [4]}})
     cfg = load_config({"model": model_cfg, "loss": {"variant": "iwae", "iw": {"k": 4}}})

@@ -936,4 +936,23 @@ class VaekitConfig(Section):
                              "ELBO only (set loss.kl.free_bits=0 and a constant/linear/cyclical schedule)")
         if self.model.prior.kind == "vampprior" and self.model.arch in ("diffusers", "custom", "hvae"):
             raise ValueError(f"model.prior=vampprior: built for the mlp and conv families, not model.arch={self.model.arch}")
+        own_prior = self.model.prior.kind == "vampprior" or self.model.arch == "hvae"
+        what = "model.prior=vampprior" if self.model.prior.kind == "vampprior" else "model.arch=hvae"
+        if own_prior and loss.variant not in ("elbo", "iwae", "miwae"):
+            # the variants' regularisers are written for a factorised N(0, I) prior: the prior would not train
+            raise ValueError(f"loss.variant={loss.variant}: not with {what} (its KL assumes N(0, I)); use "
+                             "loss.variant elbo, iwae or miwae")
+        if own_prior and loss.kl.free_bits > 0:
+            raise ValueError(f"loss.kl.free_bits: not with {what} (its KL is a Monte-Carlo estimate, not per "
+                             "dimension); set loss.kl.free_bits=0")
+        if self.model.prior.kind == "vampprior" and self.model.norm == "batch":
+            raise ValueError("model.norm=batch: not with model.prior=vampprior (the pseudo-inputs' pass would update "
+                             "the batch statistics); use model.norm=group or none")
+        if loss.variant in ("beta_tcvae", "factor_vae", "dip_vae_i", "dip_vae_ii", "iwae", "miwae") and \
+                loss.adversarial.start_step != 0 and loss.adversarial.weight == 0:
+            raise ValueError(f"loss.adversarial.start_step: has no meaning with loss.variant={loss.variant} and no "
+                             "adversarial term (FactorVAE's discriminator trains from the start); remove it")
+        if loss.variant == "beta_tcvae" and loss.beta != 1.0:
+            raise ValueError("loss.beta: unused with loss.variant=beta_tcvae; its weights are loss.tc.alpha, "
+                             "loss.tc.beta (the total correlation's β) and loss.tc.gamma")
         return self

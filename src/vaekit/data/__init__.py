@@ -100,3 +100,13 @@ def build_data(cfg: DataConfig, seed: int, arrays: dict[str, Any] | None = None)
     if arrays is not None:
         raise ValueError(f"arrays: only used with data.source=tensor (data.source is {cfg.source})")
     return _BUILDERS[cfg.source](cfg, seed)
+
+
+def build_plain_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """`build_data` with every split read as validation is: no random crop, flip or audio segment, so what is
+    encoded (`vaekit encode`) or packed (`vaekit shard`) is each sample itself, not one random augmentation of it."""
+    bundle = build_data(cfg.model_copy(update={"crop": "center", "flip": False}), seed)
+    for source in (bundle.train, bundle.val, bundle.test):
+        if source is not None and getattr(source, "augment", False):
+            source.augment = False
+    return bundle

@@ -331,6 +331,10 @@ def build_hf(cfg: DataConfig, seed: int) -> DataBundle:
     else:  # tags and/or numeric columns are x
         if hf.label_column:
             raise ConfigError("data.hf.label_column: needs an image or audio column as x (tags/numbers are x here)")
+        if cfg.normalize != "none":
+            if hf.tags_column:
+                raise ConfigError("data.normalize: scales numeric columns; not with data.hf.tags_column (multi-hot)")
+            ys = _normalized(ys, cfg.normalize, meta)
         sources = [ArraySource(y) if y is not None else None for y in ys]
         modality, factor_names = "tabular", None
         x0 = ys[0]
@@ -345,3 +349,16 @@ def build_hf(cfg: DataConfig, seed: int) -> DataBundle:
                     factor_names=factor_names, description=describe("hf", len(tr), len(va), shape, note, n_test),
                     n_test=n_test, meta=meta)
     return DataBundle(tr, va, info, te)
+
+
+def _normalized(ys: list[Any], mode: str, meta: dict[str, Any]) -> list[Any]:
+    """``data.normalize`` of numeric columns, fitted on the training split only (statistics in ``meta``)."""
+    import numpy as np
+    import torch
+
+    from vaekit.data.common import fit_normalize
+
+    train = ys[0].numpy()
+    stats, apply = fit_normalize(train, np.arange(len(train)), mode)
+    meta.update(normalize=mode, **stats)  # as the table source keeps them
+    return [torch.from_numpy(apply(y.numpy()).astype(np.float32)) if y is not None and len(y) else y for y in ys]

@@ -115,11 +115,11 @@ def _encode_x(x: Tensor, modality: str) -> tuple[str, bytes]:
 
 def pack_source(cfg: Any, splits: list[str]) -> tuple[Iterator[dict[str, bytes]], dict[str, Any]]:
     """The samples of a built source (config ``cfg``), the ``splits`` in order, as decoded members."""
-    from vaekit.data import build_data
+    from vaekit.data import build_plain_data
 
     if cfg.data.source == "tensor":
         raise ConfigError("data.source=tensor: nothing on disk to pack (save the arrays as .npy and pack that table)")
-    bundle = build_data(cfg.data, cfg.run.seed)
+    bundle = build_plain_data(cfg.data, cfg.run.seed)
     sources = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
     chosen = [sources[s] for s in splits if sources.get(s) is not None]
     info = bundle.info
@@ -158,6 +158,8 @@ def shard(src: str, out: str, per_shard: int, *, overrides: list[str] | None = N
     if not root.exists():
         raise DataError(f"{src}: no such folder or file")
     if root.is_dir() and not overrides:
+        if splits:
+            raise ConfigError("--split: applies to a config or a table (their seeded splits); a folder is packed whole")
         samples, meta = pack_folder(root, labels)
     else:
         if root.suffix.lower() in (".yaml", ".yml"):
@@ -165,7 +167,14 @@ def shard(src: str, out: str, per_shard: int, *, overrides: list[str] | None = N
         else:
             source = "image_folder" if root.is_dir() else "table"
             cfg = load_config(None, [f"data.source={source}", f"data.path={root}", *(overrides or [])])
-        samples, meta = pack_source(cfg, splits or ["train", "val", "test"])
+        splits = splits or ["train"]
+        if len(splits) > 1:
+            import warnings
+
+            warnings.warn(f"--split {' '.join(splits)}: packed into one set of shards, which data.source=webdataset "
+                          "splits again by data.val_fraction (the splits mix); to keep them apart, pack each into its "
+                          "own folder and point data.shards.val_path at the validation one", stacklevel=2)
+        samples, meta = pack_source(cfg, splits)
     dest.mkdir(parents=True, exist_ok=True)
     names, count = write_shards(samples, dest, per_shard, prefix)
     if count == 0:

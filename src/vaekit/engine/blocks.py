@@ -62,6 +62,10 @@ class Blocks:
         if prior is not None and prior.pseudo.shape[0] > info.n_train:
             raise ConfigError(f"model.prior.pseudo_inputs={prior.pseudo.shape[0]}: more pseudo-inputs than the "
                               f"{info.n_train} training samples; use at most {info.n_train}")
+        low, high = info.value_range
+        if prior is not None and (low < 0.0 or high > 1.0):
+            raise ConfigError(f"model.prior=vampprior: the pseudo-inputs live in [0, 1] but the data spans "
+                              f"[{low:g}, {high:g}]; scale the data to [0, 1] or use model.prior.kind=normal")
         if loss.variant in ("iwae", "miwae"):
             from vaekit.objectives.iwae import check_iw_memory
 

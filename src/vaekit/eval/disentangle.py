@@ -94,12 +94,16 @@ def factor_vae_score(latents: Any, factors: Any, seed: int = 0, bins: int = 20, 
         return {"factor_vae_score": float("nan"), "active_dims": 0}
     zn = z[:, active] / std[active]
     usable = [k for k in range(v.shape[1]) if len(np.unique(v[:, k])) > 1]
+    if not usable:  # every factor constant in this split: no vote can be drawn
+        return {"factor_vae_score": float("nan"), "active_dims": int(active.sum())}
     pairs = []
     for _ in range(votes):
         k = usable[rng.integers(len(usable))]
         idx = _fixed_factor_batch(v, k, batch, rng)
         if idx is not None:
             pairs.append((int(np.argmin(zn[idx].var(0))), k))
+    if len(pairs) < 2:
+        return {"factor_vae_score": float("nan"), "active_dims": int(active.sum())}
     pairs_arr = np.array(pairs)
     half = len(pairs_arr) // 2
     train, test = pairs_arr[:half], pairs_arr[half:]
@@ -119,6 +123,8 @@ def beta_vae_score(latents: Any, factors: Any, seed: int = 0, bins: int = 20, ba
     z, v = _arrays(latents, factors, bins)
     rng = np.random.default_rng(seed)
     usable = [k for k in range(v.shape[1]) if len(np.unique(v[:, k])) > 1]
+    if not usable:  # every factor constant in this split
+        return {"beta_vae_score": float("nan")}
     features, labels = [], []
     for _ in range(points):
         k = usable[rng.integers(len(usable))]
@@ -131,7 +137,7 @@ def beta_vae_score(latents: Any, factors: Any, seed: int = 0, bins: int = 20, ba
         labels.append(k)
     x, y = np.array(features), np.array(labels)
     half = len(x) // 2
-    if len(np.unique(y[:half])) < 2:
+    if half == 0 or len(np.unique(y[:half])) < 2:
         return {"beta_vae_score": float("nan")}
     clf = LogisticRegression(max_iter=2000).fit(x[:half], y[:half])
     return {"beta_vae_score": float(clf.score(x[half:], y[half:]))}

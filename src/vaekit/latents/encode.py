@@ -179,15 +179,18 @@ def encode_dataset(run: str | Path, out: str | Path, *, data: list[str] | None =
         mode: ``mean`` (the posterior mean) or ``sample`` (one draw, seeded per chunk).
         fmt: ``safetensors`` or ``webdataset`` (tar shards).
     """
-    from vaekit.data import build_data
+    from vaekit.data import build_plain_data
     from vaekit.utils import get_device
 
     if per_chunk < 1 or batch_size < 1:
         raise ConfigError("--samples-per-chunk and --batch-size: must be at least 1")
+    from vaekit.eval.load import check_options
+
+    check_options(None, batch_size, 1, device)
     model, cfg, weights = load_run(run, data)
     dev = torch.device(device or get_device())
     model = model.to(dev).eval()
-    bundle = build_data(cfg.data, cfg.run.seed)
+    bundle = build_plain_data(cfg.data, cfg.run.seed)
     present = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
     names = [s for s in ("train", "val", "test") if present[s] is not None] if split == "all" else [split]
     if present.get(split if split != "all" else "train") is None:
@@ -197,6 +200,11 @@ def encode_dataset(run: str | Path, out: str | Path, *, data: list[str] | None =
     plan = {"run": str(Path(run).resolve()), "weights_sha256": weights_hash(weights), "data": data or [],
             "split": split, "mode": mode, "format": fmt, "samples_per_chunk": per_chunk, "tiling": tiling}
     _check_out(out, plan)
+    tiled = _tiled_encoder(model, tiling)
+    if tiled is not None and sources:  # a tiling the model cannot take is refused before anything is written
+        first = next(iter(sources.values()))
+        with torch.no_grad():
+            tiled(first[0]["x"].unsqueeze(0).to(dev))
     _atomic(out / "encode.json", json.dumps(plan, indent=1))
     chunks = _chunks({s: len(src) for s, src in sources.items()}, per_chunk)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -204,7 +212,7 @@ def encode_dataset(run: str | Path, out: str | Path, *, data: list[str] | None =
         if c % world != rank or (out / f"{chunk['name']}.json").is_file():
             continue
         z, y = _encode_chunk(model, sources[chunk["split"]], chunk, batch_size, cfg.data.num_workers, mode,
-                             cfg.run.seed, dev, _tiled_encoder(model, tiling))
+                             cfg.run.seed, dev, tiled)
         _write_chunk(out, chunk, z, y, fmt)
     if all((out / f"{c['name']}.json").is_file() for c in chunks):
         _finish(out, chunks, plan, model, bundle.info, cfg, {s: len(src) for s, src in sources.items()})
@@ -222,9 +230,11 @@ def _tiled_encoder(model: Any, tiling: dict[str, int] | None) -> Any:
 
 def _finish(out: Path, chunks: list[dict], plan: dict, model: Any, info: Any, cfg: Any, sizes: dict) -> None:
     """stats.json (chunk moments merged in order), then manifest.json, last."""
+    # fitted on the training split when it was encoded: scale and shift must not see validation or test data
+    fit = [c for c in chunks if c["split"] == "train"] or chunks
     moments = merge_all([Moments.from_json(json.loads((out / f"{c['name']}.json").read_text())["moments"])
-                         for c in chunks])
-    stats = latent_stats(moments)
+                         for c in fit])
+    stats = {**latent_stats(moments), "fitted_on": sorted({c["split"] for c in fit})}
     _atomic(out / "stats.json", json.dumps(stats, indent=1))
     model_config = getattr(model, "config", None)
     manifest = {
@@ -295,9 +305,11 @@ def decode_latents(run: str | Path, latents: str | Path, out: str | Path, *, bat
     """Decode the latents in ``latents`` (a finished ``vaekit encode`` folder) with ``run``'s model into ``out``:
     ``{split}/{key}.png|wav|mp4`` (tables: ``{split}.npy`` rows in key order); returns ``out``. ``tiling`` as for
     `encode_dataset` (input units): decode in blended windows (`vaekit.latents.tiling.tiled_decode`)."""
+    from vaekit.eval.load import check_options
     from vaekit.objectives.reconstruction import likelihood_mean
     from vaekit.utils import get_device
 
+    check_options(None, batch_size, 1, device)
     latents, out = Path(latents), Path(out)
     if not (latents / "manifest.json").is_file():
         raise DataError(f"{latents}: no manifest.json (not a finished `vaekit encode` folder)")

@@ -133,6 +133,8 @@ def run_sweep(spec: SweepSpec) -> dict[str, Any]:
     study = optuna.create_study(study_name="vaekit", storage=_storage_url(spec.directory), load_if_exists=True,
                                 direction=s.direction, sampler=optuna.samplers.TPESampler(seed=s.seed), pruner=pruner)
     _recover(study)
+    if study.trials:  # a continued study: a sampler seeded as before would replay the first trials' draws
+        study.sampler = optuna.samplers.TPESampler(seed=s.seed + len(study.trials))
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     remaining = s.trials - len(study.get_trials(deepcopy=False, states=done))
     if remaining > 0:
