@@ -1,6 +1,6 @@
 """VAE model families (one file each), the discriminator, and the ``build_*`` factories.
 
-Importing this package registers the built-in families (``conv``, ``mlp``, ``diffusers``) in :data:`MODELS`.
+Importing this package registers the built-in families (``conv``, ``mlp``, ``resnet``, ``diffusers``) in :data:`MODELS`.
 """
 
 from vaekit.models.base import (
@@ -17,6 +17,7 @@ from vaekit.models.conv import ConvVAE
 from vaekit.models.diffusers import DiffusersVAE  # diffusers itself is imported only when one is built
 from vaekit.models.discriminators import PatchDiscriminator, build_discriminator
 from vaekit.models.mlp import MLPVAE
+from vaekit.models.resnet import ResNetVAE
 
 __all__ = [
     "MODELS",
@@ -25,6 +26,7 @@ __all__ = [
     "DiffusersVAE",
     "MLPVAE",
     "PatchDiscriminator",
+    "ResNetVAE",
     "VAEOutput",
     "build_discriminator",
     "build_model",

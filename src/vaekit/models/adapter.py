@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.errors import ModelProtocolError
-from vaekit.models.base import LOGVAR_MAX, LOGVAR_MIN, VAE, VAEOutput
+from vaekit.models.base import VAE, VAEOutput
+from vaekit.models.layers import LOGVAR_MAX, LOGVAR_MIN
 
 
 def _describe(value: Any) -> str:
