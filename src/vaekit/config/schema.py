@@ -301,7 +301,8 @@ class ModelConfig(Section):
     arch: Literal["conv", "mlp", "resnet", "custom", "diffusers"] = "conv"
     """conv: convolutional VAE, 1D/2D/3D chosen from the data (audio/images/video); mlp: flat inputs;
     resnet: Stable-Diffusion-style autoencoder (ResNet blocks, attention, spatial latent; 1D/2D/3D, causal video:
-    ``model.resnet``); custom: a module passed to ``vaekit.train(model=...)`` (set automatically); diffusers: a
+    ``model.resnet``; its latent is always spatial and it always uses GroupNorm + SiLU, so ``model.latent``,
+    ``norm``, ``activation`` and ``dropout`` are conv/mlp keys); custom: a module passed to ``vaekit.train(model=...)`` (set automatically); diffusers: a
     diffusers autoencoder, pretrained (``model.pretrained``) or from a config (``model.diffusers_config``)."""
     pretrained: str | None = None
     """arch=diffusers: a local folder written by ``save_pretrained`` (loads offline) or a Hugging Face hub id
@@ -362,15 +363,6 @@ class ModelConfig(Section):
             raise ValueError(f"model.bottleneck.kind: {self.bottleneck.kind} applies to model.arch "
                              f"{', '.join(quantizable)}; model.arch={self.arch} has its own latent (use gaussian)")
         if self.arch == "resnet":
-            explicit = self.model_fields_set
-            if "latent" not in explicit:
-                object.__setattr__(self, "latent", "spatial")  # resnet's latent is spatial (no re-validation)
-            elif self.latent != "spatial":
-                raise ValueError("model.latent: model.arch=resnet has a spatial latent; set model.latent=spatial")
-            for key, ok in (("norm", "group"), ("activation", "silu")):
-                if key in explicit and getattr(self, key) != ok:
-                    raise ValueError(f"model.{key}: model.arch=resnet uses {ok} (GroupNorm + SiLU, as SD's VAE); "
-                                     f"remove model.{key} or use model.arch=conv")
             n = len(self.hidden_dims)
             bad = [i for i in self.resnet.attention_stages if i >= n]
             if bad:
@@ -380,8 +372,6 @@ class ModelConfig(Section):
                 raise ValueError(f"model.temporal_downsample: {self.temporal_downsample} exceeds the {n - 1} "
                                  f"down-sampling stages of model.hidden_dims={self.hidden_dims} (resnet down-samples "
                                  "between stages)")
-        elif "resnet" in self.model_fields_set:
-            raise ValueError(f"model.resnet: applies to model.arch=resnet only (model.arch={self.arch})")
         return self
 
     @field_validator("hidden_dims")

@@ -33,8 +33,13 @@ from vaekit.objectives.terms import vae_terms
 class VAEOutputLike(Protocol):
     recon: Tensor
     mean: Tensor
-    logvar: Tensor
+    logvar: Tensor | None
     recon_logvar: Tensor | None
+
+
+QUANTIZER_TERMS = ("commit", "codebook", "entropy")
+"""Terms a quantised bottleneck reports in ``out.info`` (nats-free squared distances / entropies in the units of
+the summed reconstruction NLL; see ``vaekit.models.bottleneck``); their weighted sum is ``info["bottleneck_loss"]``."""
 
 
 def _scalar(value: float, like: Tensor) -> Tensor:
@@ -84,7 +89,8 @@ class VAEObjective(nn.Module):
 
         Returns:
             ``(total, terms)``: a 0-d loss and detached 0-d terms (``loss``, ``recon``, ``mse``, ``kl``,
-            ``kl_weight`` and, where active, ``capacity``, ``perceptual``, ``spectral``, ``g_adv``,
+            ``kl_weight`` (Gaussian latents) or ``commit``/``codebook``/``entropy`` (quantised: ``out.logvar`` is
+            None, the terms come from ``out.info``) and, where active, ``capacity``, ``perceptual``, ``spectral``, ``g_adv``,
             ``adv_weight``, ``feature_matching``).
         """
         cfg = self.cfg
@@ -107,7 +113,10 @@ class VAEObjective(nn.Module):
             perceptual = self.perceptual(fake, target).mean()
             terms["perceptual"] = perceptual
             rec_loss = rec_loss + cfg.perceptual.weight * numel * perceptual
-        total = rec_loss + self._kl_term(out, step, terms, detailed)
+        if out.logvar is None:  # a quantised latent: no KL; the bottleneck's own terms instead
+            total = rec_loss + self._bottleneck_term(out, terms)
+        else:
+            total = rec_loss + self._kl_term(out, step, terms, detailed)
 
         if cfg.spectral.weight > 0:
             spec = cfg.spectral
@@ -129,6 +138,16 @@ class VAEObjective(nn.Module):
 
         terms["loss"] = total
         return total, {name: value.detach() for name, value in terms.items()}
+
+    @staticmethod
+    def _bottleneck_term(out: VAEOutputLike, terms: dict[str, Tensor]) -> Tensor:
+        """The quantiser's weighted loss from ``out.info``; records ``commit``/``codebook``/``entropy``."""
+        info = getattr(out, "info", None) or {}
+        for name in QUANTIZER_TERMS:
+            if name in info:
+                terms[name] = info[name]
+        loss = info.get("bottleneck_loss")
+        return loss if loss is not None else out.recon.new_zeros(())
 
     def _kl_term(self, out: VAEOutputLike, step: int, terms: dict[str, Tensor], detailed: bool) -> Tensor:
         """The KL part of the loss; records ``kl`` (raw, nats per sample), ``kl_weight`` and ``capacity``."""
