@@ -26,7 +26,16 @@ from torch import Tensor, nn
 
 from vaekit.config.schema import ModelConfig
 from vaekit.models.base import VAE, register_model, register_to_config
-from vaekit.models.layers import CONV, CheckpointedSequential, Downsample, ResnetBlock, SelfAttention, Upsample, group_norm, make_conv
+from vaekit.models.layers import (
+    CONV,
+    CheckpointedSequential,
+    Downsample,
+    ResnetBlock,
+    SelfAttention,
+    Upsample,
+    group_norm,
+    make_conv,
+)
 
 
 def _mid_block(channels: int, dims: int, causal: bool, attention: bool, dropout: float) -> list[nn.Module]:
