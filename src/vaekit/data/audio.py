@@ -193,6 +193,23 @@ class AudioFolderSource(FileSource):
         return out
 
 
+def _probe_all(paths: list[Path], on_error: str) -> tuple[list[AudioFile], list[str]]:
+    """Each file's header (rate, frames, channels); unreadable ones raise, or are skipped with one warning
+    (``data.on_error=skip``)."""
+    files, errors = [], []
+    for p in paths:
+        try:
+            files.append(probe_audio(p))
+        except DataError as e:
+            if on_error == "raise":
+                raise DataError(f"{e} (set data.on_error=skip to skip unreadable files)") from None
+            errors.append(str(e))
+    if errors:
+        shown = "; ".join(errors[:5]) + (f"; … {len(errors) - 5} more" if len(errors) > 5 else "")
+        logger.warning("skipped %d unreadable audio file(s) (data.on_error=skip): %s", len(errors), shown)
+    return files, errors
+
+
 def build_audio_folder(cfg: DataConfig, seed: int) -> DataBundle:
     """The ``audio_folder`` source: every sound file under ``data.path``, one segment per file per epoch."""
     if cfg.path is None:
@@ -204,17 +221,7 @@ def build_audio_folder(cfg: DataConfig, seed: int) -> DataBundle:
     if cfg.num_samples is not None:
         paths = paths[: cfg.num_samples]
 
-    files, errors = [], []
-    for p in paths:
-        try:
-            files.append(probe_audio(p))
-        except DataError as e:
-            if cfg.on_error == "raise":
-                raise DataError(f"{e} (set data.on_error=skip to skip unreadable files)") from None
-            errors.append(str(e))
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; … {len(errors) - 5} more" if len(errors) > 5 else "")
-        logger.warning("skipped %d unreadable audio file(s) (data.on_error=skip): %s", len(errors), shown)
+    files, errors = _probe_all(paths, cfg.on_error)
     if not files:
         raise DataError(f"{root}: no readable audio file")
 

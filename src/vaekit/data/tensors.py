@@ -90,6 +90,23 @@ def _factor_names(y: Tensor | None) -> list[str] | None:
     return ["label"] if y.ndim == 1 else [f"y{i}" for i in range(int(np.prod(y.shape[1:])))]
 
 
+def _value_range(modality: str, named: list[tuple[str, Tensor]]) -> tuple[float, float]:
+    """The data's value range: the modality's expected one (checked, naming the array outside it), else the
+    arrays' own min and max."""
+    lo = min((float(t.min()) for _, t in named if t.numel()), default=0.0)
+    hi = max((float(t.max()) for _, t in named if t.numel()), default=0.0)
+    if modality in EXPECTED_RANGE:
+        elo, ehi = EXPECTED_RANGE[modality]
+        for name, t in named:
+            if t.numel() and (float(t.min()) < elo or float(t.max()) > ehi):
+                raise ConfigError(
+                    f"{name}: {modality} values must lie in [{elo}, {ehi}], "
+                    f"got [{float(t.min()):.4g}, {float(t.max()):.4g}]"
+                )
+        lo, hi = elo, ehi
+    return lo, hi
+
+
 def from_arrays(
     x: Any,
     y: Any | None = None,
@@ -148,17 +165,7 @@ def from_arrays(
         _check_finite(val_x_t, "val_x")
 
     named = [(name, t) for name, t in (("x", xt), ("val_x", val_x_t if val_x is not None else None)) if t is not None]
-    lo = min((float(t.min()) for _, t in named if t.numel()), default=0.0)
-    hi = max((float(t.max()) for _, t in named if t.numel()), default=0.0)
-    if modality in EXPECTED_RANGE:
-        elo, ehi = EXPECTED_RANGE[modality]
-        for name, t in named:
-            if t.numel() and (float(t.min()) < elo or float(t.max()) > ehi):
-                raise ConfigError(
-                    f"{name}: {modality} values must lie in [{elo}, {ehi}], "
-                    f"got [{float(t.min()):.4g}, {float(t.max()):.4g}]"
-                )
-        lo, hi = elo, ehi
+    lo, hi = _value_range(modality, named)
 
     train, val = ArraySource(train_x, train_y), ArraySource(val_x_t, val_y_t)
     shape = tuple(xt.shape[1:])

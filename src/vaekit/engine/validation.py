@@ -138,15 +138,21 @@ class Validator:
         ev = plan.cfg.eval
         if not ev.metrics or (ev.every is not None and state.step - self.last_eval < ev.every):
             return {}
-        from vaekit.eval import evaluate
+        # the evaluation pass itself (eval.run, eval.data: leaves that import nothing of the api or pipeline)
+        from vaekit.eval.data import check_fits, from_bundle
+        from vaekit.eval.run import measure
 
         self.last_eval = state.step
         was_training = model.training
+        name = type(model).__name__
+        model.eval().to(self.rt.device)
+        data = from_bundle(plan.data, "val")
+        check_fits(model, name, data)
         devices = [self.rt.device] if self.rt.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            result = evaluate(model, plan.data, split="val", metrics=ev.metrics, batch_size=plan.cfg.train.batch_size,
-                              batches=ev.batches or plan.cfg.train.val_batches, seed=plan.cfg.run.seed, k=ev.k,
-                              device=self.rt.device)
+            result, _ = measure(model, data, name=name, source=name, split="val", metrics=ev.metrics,
+                                batch_size=plan.cfg.train.batch_size, batches=ev.batches or plan.cfg.train.val_batches,
+                                seed=plan.cfg.run.seed, k=ev.k)
         model.train(was_training)
         return {k: float(v) for k, v in result["metrics"].items() if isinstance(v, int | float)}
 

@@ -1,6 +1,6 @@
 """Evaluation figures and media: comparisons, latent traversals, interpolations, PCA, error histograms, audio, video.
 
-Owns drawing only; the numbers come from `vaekit.eval.evaluate`. Image grids are written pixel-exact with PIL
+Owns drawing only; the numbers come from `vaekit.eval.run`. Image grids are written pixel-exact with PIL
 (cell = the data's H×W, 2-px gaps), so their size states their layout; matplotlib figures record their number of
 panels in the PNG's ``panels`` text field. Audio goes to ``.wav`` (soundfile, else the stdlib ``wave``), video to a
 side-by-side ``.mp4`` (PyAV).
@@ -20,7 +20,7 @@ from torch import Tensor
 from vaekit.objectives.reconstruction import likelihood_mean
 
 if TYPE_CHECKING:
-    from vaekit.eval.evaluate import Artifacts
+    from vaekit.eval.run import Artifacts
 
 PAD = 2
 BAR_METRICS = ("neg_elbo", "iwae_nll", "mse", "psnr", "ssim", "lpips", "rfid", "si_sdr", "f1_macro", "mig")

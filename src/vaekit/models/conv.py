@@ -38,6 +38,8 @@ class ConvVAE(VAE):
         grad_checkpointing: recompute each stage in backward (training only).
     """
 
+    # long because: the layers are built in one order, which fixes the seeded initial weights; comments mark
+    # the size arithmetic, the encoder and the decoder
     @register_to_config
     def __init__(
         self,

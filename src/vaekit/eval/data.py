@@ -1,0 +1,155 @@
+"""Resolving the evaluation data: the run's own config, a DataBundle, a Dataset, a tensor or overrides, in a fixed
+order; and whether that data fits the model.
+
+Imports nothing above it (no loading, no api): validation during training reads its data through `from_bundle`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vaekit.errors import ConfigError
+
+
+@dataclass
+class EvalData:
+    """The samples to evaluate on, in a fixed order, and what is known about them."""
+
+    source: Any  # ArraySource or a Dataset of dicts
+    modality: str
+    shape: tuple[int, ...]
+    description: str = ""
+    factor_names: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batches(self, batch_size: int, limit: int | None) -> Iterator[dict[str, Tensor]]:
+        """Consecutive batches from the start (no shuffling), at most ``limit`` of them."""
+        count = math.ceil(len(self) / batch_size)
+        count = count if limit is None else min(count, limit)
+        if hasattr(self.source, "get_batch"):
+            for i in range(count):
+                idx = torch.arange(i * batch_size, min((i + 1) * batch_size, len(self)))
+                yield self.source.get_batch(idx)
+            return
+        loader = torch.utils.data.DataLoader(self.source, batch_size=batch_size, shuffle=False)
+        for i, batch in enumerate(loader):
+            if i >= count:
+                return
+            yield batch if isinstance(batch, dict) else {"x": batch[0] if isinstance(batch, list) else batch}
+
+
+_MODALITY_BY_NDIM = {1: "tabular", 2: "audio", 3: "image", 4: "video"}
+
+
+def _from_tensor(x: Any, y: Any = None, description: str = "tensor") -> EvalData:
+    from vaekit.data import ArraySource
+
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255
+    y = None if y is None else torch.as_tensor(y)
+    if x.dim() - 1 not in _MODALITY_BY_NDIM:
+        raise ConfigError(
+            f"evaluate: data of shape {tuple(x.shape)} is not (N, D), (N, C, L), (N, C, H, W) or video"
+        )
+    return EvalData(ArraySource(x, y), _MODALITY_BY_NDIM[x.dim() - 1], tuple(x.shape[1:]), description)
+
+
+def from_bundle(bundle: Any, split: str) -> EvalData:
+    source = {"train": bundle.train, "val": bundle.val, "test": bundle.test}.get(split)
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split {split}: choose train, val or test")
+    if source is None:
+        raise ConfigError(f"--split test: {bundle.info.description or 'this data source'} has no test split")
+    info = bundle.info
+    return EvalData(source, info.modality, tuple(info.shape), info.description, info.factor_names, info.meta)
+
+
+def _from_config(cfg: Any, split: str) -> EvalData:
+    from vaekit.data import build_data
+
+    if cfg.data.source == "tensor":
+        raise ConfigError(
+            "evaluate: the run was trained on in-memory arrays (data.source=tensor); pass data=<tensor or bundle>"
+        )
+    return from_bundle(build_data(cfg.data, cfg.run.seed), split)
+
+
+def resolve_data(data: Any, loaded: Any, split: str) -> EvalData:
+    """The evaluation samples from ``data`` (see `evaluate`), or from the run's own config when None.
+
+    ``loaded`` is what `vaekit.eval.load.load_for_eval` returned (its ``run_dir`` and ``config``), or None.
+    """
+    from torch.utils.data import Dataset
+
+    from vaekit.data import DataBundle
+
+    if isinstance(data, EvalData):
+        return data
+    if isinstance(data, DataBundle):
+        return from_bundle(data, split)
+    if isinstance(data, Tensor | np.ndarray):
+        return _from_tensor(data)
+    if isinstance(data, tuple) and len(data) == 2:
+        return _from_tensor(*data)
+    if isinstance(data, Mapping) and "x" in data:
+        return _from_tensor(data["x"], data.get("y"))
+    if isinstance(data, Dataset):
+        first = data[0]
+        x0 = first["x"] if isinstance(first, dict) else first
+        modality = _MODALITY_BY_NDIM.get(x0.dim(), "tabular")
+        return EvalData(data, modality, tuple(x0.shape), type(data).__name__)
+    from vaekit.config.load import load_config, resolve_dict
+
+    base = loaded.run_dir / "config.yaml" if loaded is not None and loaded.run_dir is not None else None
+    if base is None and loaded is not None and loaded.config is not None:
+        base = loaded.config
+    if data is None:
+        if base is None:
+            raise ConfigError(
+                "evaluate: a module without a run directory needs data= (a tensor, Dataset or bundle)"
+            )
+        return _from_config(load_config(base), split)
+    if isinstance(data, str | Path) and "=" not in str(data):
+        return _from_config(load_config(data), split)  # a YAML config file of its own
+    overrides = [data] if isinstance(data, str) else data  # dotted overrides (list) or section dicts
+    return _from_config(load_config(resolve_dict(base, overrides)), split)
+
+
+def expected_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """The per-sample input shape a vaekit model was built for (None: a user's module, unknown)."""
+    config = getattr(model, "config", None)
+    return tuple(config["input_shape"]) if isinstance(config, dict) and "input_shape" in config else None
+
+
+def fixed_size(model: nn.Module) -> bool:
+    """Whether the model takes only the size it was built for (MLPs and vector latents)."""
+    config = getattr(model, "config", {}) or {}
+    return config.get("arch") == "mlp" or config.get("latent", "vector") == "vector"
+
+
+def describe(shape: tuple[int, ...]) -> str:
+    return f"{_MODALITY_BY_NDIM.get(len(shape) - 1, 'data')} {shape}"
+
+
+def check_fits(model: nn.Module, name: str, data: EvalData) -> None:
+    """The data must have the model's modality and channels (and size, for fixed-size models)."""
+    shape = expected_shape(model)
+    if shape is None:
+        return
+    ok = len(shape) == len(data.shape) and shape[0] == data.shape[0]
+    if ok and fixed_size(model):
+        ok = shape == data.shape
+    if not ok:
+        raise ConfigError(f"{name} expects {describe(shape)} but the data is {data.modality} {data.shape}")
