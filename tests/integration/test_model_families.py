@@ -249,3 +249,28 @@ def test_diffusers_autoencoder_trains_from_a_config_and_exports_a_from_pretraine
     bad.write_text("[1, 2]")
     with pytest.raises(vaekit.errors.ConfigError, match=r"^model\.diffusers_config: .* holds a list, not a mapping"):
         vaekit.train({**tree, "model": {**tree["model"], "diffusers_config": str(bad)}})
+
+
+# ------------------------------------------------------------------------------------------ eval / compare
+def test_eval_and_compare_report_code_health_and_rate_at_equal_footing(tmp_path: Path) -> None:
+    from vaekit.eval import compare, evaluate
+
+    runs = {kind: vaekit.train(case_tree(tmp_path, kind, f"resnet-{kind}", train={"max_steps": 2})).run_dir
+            for kind in ("gaussian", "vq", "rvq")}
+    result = evaluate(runs["vq"], metrics=["psnr", "rate", "codebook", "mse"], batches=2, batch_size=16)
+    m = result["metrics"]
+    assert 0 < m["code_usage"] <= 1 and 1 <= m["perplexity"] <= 32 and m["dead_codes"] >= 0
+    assert m["bits_per_position"] == 5.0 and m["bits_per_element"] == pytest.approx(5.0 * 16 * 16 / (32 * 32))
+    assert result["units"]["bits_per_element"] == "bits/input element"
+    # defaults: the posterior metrics are skipped with a reason, not crashed on
+    default = evaluate(runs["rvq"], batches=1, batch_size=16)
+    assert "elbo" in default["skipped"] and "quantised" in default["skipped"]["elbo"]
+    assert default["metrics"]["bits_per_position"] == 8.0 and "code_usage" in default["metrics"]
+    table = compare([runs["gaussian"], runs["vq"]], metrics=["psnr", "ssim", "elbo", "rate", "codebook"],
+                    batches=2, batch_size=16, out_dir=tmp_path / "cmp")
+    gauss, vq = table["results"]["gaussian"]["metrics"], table["results"]["vq"]["metrics"]
+    assert "neg_elbo" in gauss and "neg_elbo" not in vq  # −ELBO where defined
+    assert gauss["bits_per_element"] == pytest.approx(gauss["bits_per_position"] * 16 * 16 / (32 * 32))
+    assert "code_usage" in vq and "code_usage" not in gauss
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| bits_per_element | bits/input element |" in md and "| code_usage |" in md

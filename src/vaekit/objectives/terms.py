@@ -83,6 +83,8 @@ EVAL_REPORTS: dict[str, tuple[str, ...]] = {
     "tags": ("f1_micro", "f1_macro", "map", "auroc"),
     "mig": ("mig",),
     "sap": ("sap",),
+    "rate": ("bits_per_position", "bits_per_element"),
+    "codebook": ("code_usage", "perplexity", "dead_codes"),
 }
 """``eval.metrics`` names (the groups of ``vaekit.eval``) → the validation terms they add (names the objective
 already logs, such as ``kl`` and ``mse``, keep the objective's value)."""
