@@ -346,8 +346,8 @@ class ModelConfig(Section):
     def _pretrained_source(self) -> ModelConfig:
         if self.arch == "diffusers" and not self.pretrained and self.diffusers_config is None:
             raise ValueError(
-                "model.pretrained: model.arch=diffusers needs weights (a save_pretrained folder or a hub id) or "
-                "model.diffusers_config (constructor arguments, to train from scratch)"
+                "model.pretrained: required with model.arch=diffusers (a save_pretrained folder or a hub id), "
+                "unless model.diffusers_config gives constructor arguments to train from scratch"
             )
         if self.arch == "diffusers" and self.pretrained and self.diffusers_config is not None:
             raise ValueError("model.diffusers_config: give either model.pretrained or model.diffusers_config, "
