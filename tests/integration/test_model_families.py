@@ -274,3 +274,39 @@ def test_eval_and_compare_report_code_health_and_rate_at_equal_footing(tmp_path:
     assert "code_usage" in vq and "code_usage" not in gauss
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| bits_per_element | bits/input element |" in md and "| code_usage |" in md
+
+
+# ------------------------------------------------------------------------------------------ data parallel
+def test_two_processes_train_a_quantised_resnet_like_one(tmp_path: Path) -> None:
+    """torchrun with 2 processes vs 1 on the same global batch: the codebook's EMA statistics are all-reduced by
+    the library (its ``sync_codebook`` sees the process group vaekit opened before building the model), so the
+    weights, the EMA codebook and the validation's code counts agree."""
+    import os
+    import socket
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {}
+    for n in (2, 1):
+        cfg = tmp_path / f"ddp{n}.yaml"
+        tree = case_tree(tmp_path / "runs", f"ddp{n}", "resnet-vq", optim={"name": "sgd", "lr": 1e-4},
+                         train={"max_steps": 4, "ckpt_every": None})
+        tree["model"]["bottleneck"] = {"kind": "vq", "codebook_size": 32}  # no k-means: its init is per process
+        cfg.write_text(yaml.safe_dump(tree))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+               str(port()), "-m", "vaekit", "train", str(cfg)]
+        procs[n] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for proc in procs.values():
+        _, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err[-3000:]
+    a = load_file(str(tmp_path / "runs" / "ddp2" / "model.safetensors"))
+    b = load_file(str(tmp_path / "runs" / "ddp1" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    val = [[r for r in read_jsonl(tmp_path / "runs" / f"ddp{n}" / "metrics.jsonl") if r["split"] == "val"][-1]
+           for n in (2, 1)]
+    assert val[0]["code_usage"] == val[1]["code_usage"] and val[0]["dead_codes"] == val[1]["dead_codes"]

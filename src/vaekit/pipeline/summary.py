@@ -106,7 +106,8 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
     else:
         lines.append(f"data       {first.source} {first.path or ''}".rstrip())
     m = cfg.model
-    model_line = f"model      {m.arch} latent {m.latent_dim} ({m.latent}), hidden {m.hidden_dims}, {_family(m)}"
+    latent_kind = "spatial" if m.arch == "resnet" else m.latent
+    model_line = f"model      {m.arch} latent {m.latent_dim} ({latent_kind}), hidden {m.hidden_dims}, {_family(m)}"
     if build:
         model_line += _build_models(cfg, stages, infos)
     lines.append(model_line)
