@@ -9,7 +9,7 @@ Q8_FSQ="model.bottleneck.kind=fsq model.bottleneck.levels=[4,4,4,4]"
 Q8_LFQ="model.bottleneck.kind=lfq model.bottleneck.codebook_size=256"
 
 # MNIST 28x28 -> latent (4, 7, 7); quantised kinds at 8 bits per position (0.5 bits per pixel)
-M="examples/models_mnist.yaml data.path=$DATA/mnist"
+M="examples/models_mnist.yaml data.path=$DATA/mnist run.overwrite=true"
 RES="model.arch=resnet model.hidden_dims=[32,64,64] model.resnet.layers_per_block=1"
 time vaekit train $M run.name=conv-gauss
 time vaekit train $M $RES run.name=resnet-gauss
@@ -20,7 +20,7 @@ vaekit compare runs/models-mnist/{conv-gauss,resnet-gauss,resnet-vq,resnet-fsq,r
   --metrics psnr,ssim,elbo,rate,codebook --split test --batches 16 --out runs/models-mnist/compare
 
 # video: 9 frames of 32x32 -> conv (4, 9, 8, 8), causal resnet (12, 3, 8, 8): 2304 latent elements each
-V="examples/models_video.yaml data.path=$DATA/video"
+V="examples/models_video.yaml data.path=$DATA/video run.overwrite=true"
 VRES="model.arch=resnet model.hidden_dims=[32,64,64] model.latent_dim=12 model.resnet.layers_per_block=1
       model.resnet.causal=true model.temporal_downsample=2"
 time vaekit train $V run.name=conv-gauss

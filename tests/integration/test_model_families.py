@@ -310,3 +310,22 @@ def test_two_processes_train_a_quantised_resnet_like_one(tmp_path: Path) -> None
     val = [[r for r in read_jsonl(tmp_path / "runs" / f"ddp{n}" / "metrics.jsonl") if r["split"] == "val"][-1]
            for n in (2, 1)]
     assert val[0]["code_usage"] == val[1]["code_usage"] and val[0]["dead_codes"] == val[1]["dead_codes"]
+
+
+def test_fsdp_trains_a_quantised_resnet_and_exports_full_weights(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "fsdp.yaml"
+    tree = case_tree(tmp_path / "runs", "fsdp", "resnet-fsq", train={"max_steps": 3, "strategy": "fsdp"})
+    cfg.write_text(yaml.safe_dump(tree))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m",
+           "vaekit", "train", str(cfg)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = vaekit.load_model(tmp_path / "runs" / "fsdp")
+    assert set(load_file(str(tmp_path / "runs" / "fsdp" / "model.safetensors"))) == set(model.state_dict())
+    assert "code_usage" in [r for r in read_jsonl(tmp_path / "runs" / "fsdp" / "metrics.jsonl") if r["split"] == "val"][-1]
