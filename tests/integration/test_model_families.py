@@ -93,6 +93,18 @@ def test_every_family_and_bottleneck_trains_and_reports_code_health_and_rate(tmp
         assert torch.isfinite(model.eval()(x).recon).all()
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_family_and_bottleneck_trains_through_the_cli_and_exports(tmp_path: Path, case: str) -> None:
+    import vaekit.cli
+
+    cfg = tmp_path / f"{case}.yaml"
+    cfg.write_text(yaml.safe_dump(case_tree(tmp_path / "runs", case, case, train={"max_steps": 1, "val_batches": 1})))
+    assert vaekit.cli.main(["train", str(cfg)]) == 0
+    run = tmp_path / "runs" / case
+    assert vaekit.cli.main(["export", str(run), "--format", "safetensors"]) == 0
+    assert set(load_file(str(run / "export" / "model.safetensors"))) == set(load_file(str(run / "model.safetensors")))
+
+
 def test_causal_video_resnet_trains_with_a_quantised_latent(tmp_path: Path) -> None:
     result = vaekit.train(video_tree(tmp_path, "video", "fsq", train={"max_steps": 4}))
     model = vaekit.load_model(result.run_dir)
