@@ -201,9 +201,9 @@ class QuantizedBottleneck(Bottleneck):
         positions = math.prod(latent_shape[1:]) if len(latent_shape) > 1 else 1
         indices = torch.randint(self.codebook_size, (n, positions, self.num_codebooks), generator=generator,
                                 device=device)
+        home = next(self.quantizer.buffers()).device  # every quantiser keeps its codes (or levels) in buffers
         with torch.no_grad():
-            return self.decode_indices(indices.to(next(self.parameters(), torch.empty(0, device=device)).device),
-                                       latent_shape).to(dtype)
+            return self.decode_indices(indices.to(home), latent_shape).to(dtype)
 
 
 def build_bottleneck(spec: dict[str, Any] | None, channels: int) -> Bottleneck:
