@@ -324,7 +324,8 @@ class ModelConfig(Section):
     latent: Literal["vector", "spatial"] = "vector"
     """vector: a flat z (classic VAE); spatial: a fully-convolutional z map (LDM-style, any input size)."""
     hidden_dims: list[int] = Field(default_factory=lambda: [32, 32, 64, 64])
-    """Channels per down-sampling stage (conv) or hidden layer widths (mlp)."""
+    """Channels per down-sampling stage (conv), per stage (resnet: ``len − 1`` 2x down-samplings between them) or
+    hidden layer widths (mlp)."""
     norm: Literal["batch", "group", "none"] = "batch"
     activation: Literal["relu", "leaky_relu", "silu", "gelu", "elu"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
