@@ -21,7 +21,7 @@ vaekit compare runs/models-mnist/{conv-gauss,resnet-gauss,resnet-vq,resnet-fsq,r
 
 # video: 9 frames of 32x32 -> conv (4, 9, 8, 8), causal resnet (12, 3, 8, 8): 2304 latent elements each
 V="examples/models_video.yaml data.path=$DATA/video run.overwrite=true"
-VRES="model.arch=resnet model.hidden_dims=[32,64,64] model.latent_dim=12 model.resnet.layers_per_block=1
+VRES="model.arch=resnet model.hidden_dims=[16,32,32] model.latent_dim=12 model.resnet.layers_per_block=1
       model.resnet.causal=true model.temporal_downsample=2"
 time vaekit train $V run.name=conv-gauss
 time vaekit train $V $VRES run.name=resnet-gauss
@@ -29,7 +29,7 @@ time vaekit train $V $VRES $Q8_VQ run.name=resnet-vq
 time vaekit train $V $VRES $Q8_FSQ run.name=resnet-fsq
 time vaekit train $V $VRES $Q8_LFQ run.name=resnet-lfq
 vaekit compare runs/models-video/{conv-gauss,resnet-gauss,resnet-vq,resnet-fsq,resnet-lfq} \
-  --metrics psnr,ssim,elbo,rate,codebook --split test --batches 16 --out runs/models-video/compare
+  --metrics psnr,ssim,elbo,rate,codebook --split val --out runs/models-video/compare
 
 # training wall time of each run (summary.json)
 for d in runs/models-mnist/*/ runs/models-video/*/; do
