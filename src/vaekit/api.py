@@ -70,13 +70,13 @@ def train(
     Args:
         config: the run config; None uses the defaults (the shapes data set).
         model: an ``nn.Module`` following the model protocol (``encode(x)`` → posterior, ``decode(z)`` →
-            reconstruction; see the README), trained instead of a built-in family; a mapping is the ``model``
-            config section, like ``train={...}``.
+            reconstruction; see docs/tutorials/your-own-model.md), trained instead of a built-in family; a
+            mapping is the ``model`` config section, like ``train={...}``.
         train_data, val_data: a map-style ``Dataset``, a ``DataLoader`` or an array/tensor ``(N, ...)``; without
             ``val_data`` a seeded ``data.val_fraction`` of ``train_data`` is held out (sets ``data.source=tensor``).
         resume: a run directory to continue exactly where its last checkpoint stopped (pass the same ``model`` /
             data again when the run was trained on Python objects).
-        x, y, val_x: arrays/tensors to train on (``x`` with labels ``y``); shapes as in the README.
+        x, y, val_x: arrays/tensors to train on (``x`` with labels ``y``); shapes as in docs/tutorials/your-own-data.md.
         overrides: dotted overrides, as on the command line (``["optim.lr=1e-4"]``).
         hooks: callables ``hook(event, state)`` called at "epoch_start", "epoch_end" and "stage_end" (observers
             only, e.g. timers; ``state`` is the live ``TrainState``: step, epoch, stage).

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument(
         "overrides", nargs="*", metavar="key.path=value", help="data overrides, e.g. data.num_samples=500"
     )
-    p_eval.add_argument("--split", default="val", choices=["val", "test", "train"])
+    p_eval.add_argument("--split", default="auto", choices=["auto", "val", "test", "train"],
+                        help="auto (default): the run's test split when it has one, else val")
     p_eval.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory (checkpoints/step_XXXXXXXX)")
     p_eval.add_argument("--ema", action="store_true", help="with --checkpoint: its ema.safetensors")
     _eval_options(p_eval)
@@ -185,6 +186,7 @@ def _eval_kwargs(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "metrics": args.metrics.split(",") if args.metrics else None,
         "device": args.device or get_device(),
+        "progress": True,
     }
 
 
@@ -193,7 +195,7 @@ def _eval_command(args: argparse.Namespace) -> int:
     import json
 
     from vaekit.errors import ConfigError
-    from vaekit.eval.evaluate import evaluate, load_for_eval, markdown_table
+    from vaekit.eval.evaluate import evaluate, load_for_eval, markdown_table, resolve_data
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -201,9 +203,14 @@ def _eval_command(args: argparse.Namespace) -> int:
     if args.ema and not args.checkpoint:
         raise ConfigError("--ema needs --checkpoint (the exported model.safetensors already holds the EMA weights)")
     loaded = load_for_eval(run_dir, args.checkpoint, args.ema)
-    tag = f"{args.split}-{loaded.step if loaded.step is not None else 'final'}" + ("-ema" if args.ema else "")
+    data = resolve_data(args.overrides or None, loaded, args.split)
+    split = data.split or args.split
+    print(f"evaluating the {split} split ({len(data)} samples){_split_hint(args.split, split)}", file=sys.stderr)
+    if data.note:
+        print(f"note: {data.note}", file=sys.stderr)
+    tag = f"{split}-{loaded.step if loaded.step is not None else 'final'}" + ("-ema" if args.ema else "")
     out = run_dir / "eval"
-    result = evaluate(loaded, args.overrides or None, out_dir=out / tag, **_eval_kwargs(args))
+    result = evaluate(loaded, data, out_dir=out / tag, **{**_eval_kwargs(args), "split": split})
     path = out / f"{tag}.json"
     path.write_text(json.dumps(result, indent=1))
     print(markdown_table({loaded.name: result}))
@@ -225,8 +232,16 @@ def _compare_command(args: argparse.Namespace) -> int:
     out = Path(args.out or f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     result = compare(args.runs, data, out_dir=out, **_eval_kwargs(args))
     print(markdown_table(result["results"]))
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     print(out)
     return 0
+
+
+def _split_hint(asked: str, used: str) -> str:
+    if asked == "auto":
+        return ": the run's test split (--split val for validation)" if used == "test" else ": the run has no test split"
+    return ""
 
 
 def _is_main() -> bool:

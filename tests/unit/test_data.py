@@ -212,20 +212,48 @@ def test_image_folder_truncated_file_found_at_decode_in_memory(image_dir: Path) 
     assert b.info.skipped == 1 and b.info.n_train + b.info.n_val == 7
 
 
-def test_image_folder_truncated_file_found_at_load_when_streaming(
+@pytest.mark.parametrize("in_memory", ["never", "always"])
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_truncated_image_gets_the_same_answer_streaming_or_in_memory(
+    image_dir: Path, caplog: pytest.LogCaptureFixture, in_memory: str, fmt: str
+) -> None:
+    from PIL import Image
+
+    bad = image_dir / f"a00.{fmt}"  # sorts right after a0.png
+    Image.open(image_dir / "a0.png").convert("RGB").save(bad)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header still opens; the pixels do not
+    cfg = _folder_cfg(image_dir, in_memory=in_memory, val_fraction=0.0)
+    with pytest.raises(DataError, match=f"a00.{fmt}: cannot decode image") as err:
+        build_data(cfg, seed=0)
+    assert "\n" not in str(err.value) and "data.on_error=skip" in str(err.value)
+    with caplog.at_level(logging.WARNING, logger="vaekit.data.common"):
+        b = build_data(cfg.model_copy(update={"on_error": "skip"}), seed=0)
+    assert b.info.skipped == 1 and "1 skipped" in b.info.description and f"a00.{fmt}" in caplog.text
+    assert len(b.train) == 7  # every readable image of the fixture
+
+
+def test_image_broken_after_the_build_fails_at_load_or_is_replaced_when_skipping(
     image_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    good = (image_dir / "a0.png").read_bytes()
-    (image_dir / "a00.png").write_bytes(good[: len(good) // 2])  # sorts right after a0.png
     cfg = _folder_cfg(image_dir, in_memory="never", val_fraction=0.0)
     src = build_data(cfg, seed=0).train
-    bad = [p.name for p in src.paths].index("a00.png")
-    with pytest.raises(DataError, match="a00.png"):
+    skipping = build_data(cfg.model_copy(update={"on_error": "skip"}), seed=0).train
+    good = (image_dir / "a0.png").read_bytes()
+    (image_dir / "a0.png").write_bytes(good[: len(good) // 2])
+    bad = [p.name for p in src.paths].index("a0.png")
+    with pytest.raises(DataError, match="a0.png"):
         src[bad]
-    src = build_data(cfg.model_copy(update={"on_error": "skip"}), seed=0).train
     with caplog.at_level(logging.WARNING, logger="vaekit.data.images"):
-        assert torch.equal(src[bad]["x"], src[bad + 1]["x"])  # the next readable image stands in
-    assert "a00.png" in caplog.text
+        assert torch.equal(skipping[bad]["x"], skipping[bad + 1]["x"])  # the next readable image stands in
+    assert "a0.png" in caplog.text
+
+
+def test_image_folder_honours_data_split_and_one_image_file_is_validation_data(image_dir: Path) -> None:
+    b = build_data(_folder_cfg(image_dir, split=[0.5, 0.25, 0.25]), seed=0)
+    n = 7
+    assert b.test is not None and len(b.train) + len(b.val) + len(b.test) == n and len(b.test) >= 1
+    one = build_data(_folder_cfg(image_dir / "a0.png"), seed=0)
+    assert (len(one.train), len(one.val), one.test) == (0, 1, None)
 
 
 def test_image_folder_random_augmentation_is_seeded_per_epoch_and_index(image_dir: Path) -> None:

@@ -75,3 +75,37 @@ def test_spectrogram_puts_a_high_tone_above_a_low_tone() -> None:
         return int(img.sum(0).mean(1).argmax())
 
     assert peak_row(3000.0) < peak_row(300.0)  # row 0 is the top (high frequencies)
+
+
+def test_wide_tables_are_drawn_as_one_readable_strip_per_row() -> None:
+    from vaekit.tracking.media import table_strips
+
+    x = torch.rand(5, 778)  # e.g. 778 species per checklist
+    grid = recon_grid(x, 1 - x, "tabular")
+    strips = table_strips([x, 1 - x], gap_every=2)
+    assert torch.equal(grid, strips) and grid.shape[2] >= 778  # at least one pixel per column
+    row_h = 6
+    lo, hi = float(x.min()), float(x.max())
+    first = grid[0, 0]  # the first pixel row: sample 0's input, one cell per column
+    assert torch.allclose(first, ((x[0] - lo) / (hi - lo + 1e-8)).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(grid[0, row_h], ((1 - x[0] - lo) / (hi - lo + 1e-8)).clamp(0, 1), atol=1e-5)
+    assert grid.shape[1] == 5 * 2 * row_h + 4 * 2  # 10 strips of 6 px, a 2 px line between pairs
+    narrow = sample_grid(torch.rand(3, 4), "tabular")
+    assert narrow.shape[2] == 4 * 32 and narrow.shape[1] == 3 * 24 + 2 * 2  # few columns: large cells
+    assert sample_grid(torch.rand(2, 5000), "tabular").shape[2] == 2048  # very wide: columns averaged
+
+
+def test_only_the_last_validations_sample_files_of_each_stage_are_kept(tmp_path: Path) -> None:
+    from vaekit.tracking.media import prune_samples
+
+    for step in (10, 20, 30, 40):
+        for what in ("recon.png", "prior.png", "input0.wav"):
+            (tmp_path / f"main_000_001_{step:06d}-{what}").write_text("x")
+    (tmp_path / f"warm_001_000_{5:06d}-recon.png").write_text("x")  # another stage: untouched
+    deleted = prune_samples(tmp_path, "main_000_", keep=2)
+    assert len(deleted) == 6
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f"main_000_001_{s:06d}-{w}" for s in (30, 40) for w in ("recon.png", "prior.png",
+                                                                                      "input0.wav")]
+                          + ["warm_001_000_000005-recon.png"])
+    assert prune_samples(tmp_path, "main_000_", keep=None) == []

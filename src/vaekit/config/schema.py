@@ -38,7 +38,9 @@ def _check_ints(value: Any) -> None:
 class Section(BaseModel):
     """Base of every section: strict keys, validated on assignment, floats finite, integers within int64."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
     @field_validator("*", mode="after")
     @classmethod
@@ -61,7 +63,9 @@ class RunConfig(Section):
     name: str | None = None
     """Run name; the run directory is ``{dir}/{name}``. Default: ``{data.source}-{model.arch}-{timestamp}``."""
     dir: str = "runs"
+    """Parent directory of runs."""
     seed: int = Field(0, ge=0, le=INT64_MAX)
+    """Seeds the weights, data order, splits, procedural data, augmentation and noise."""
     overwrite: bool = False
     """Reuse ``{dir}/{name}`` if it exists (its checkpoints are deleted). Default: refuse, suggest --resume."""
 
@@ -98,6 +102,9 @@ DataSource = Literal[
 
 class DataConfig(Section):
     source: DataSource = "shapes"
+    """Where samples come from: built-in procedural data (shapes, moving_shapes), MNIST, files (image_folder,
+    video_folder, audio_folder, table, tags, records) or Python objects (tensor, set by
+    ``vaekit.train(train_data=...)``)."""
     path: str | None = None
     """Directory (mnist: the IDX .gz files; image_folder: the image tree; video_folder: video files or frame
     folders; audio_folder: sound files) or file (table, tags, records)."""
@@ -107,6 +114,7 @@ class DataConfig(Section):
     """Images/video: 1 (grayscale) or 3 (RGB); audio: 1 (mono mix-down) or 2 (stereo). Default: the source's
     own (audio: 1)."""
     crop: Literal["center", "random"] = "center"
+    """image_folder: random crop for training (validation is always centred)."""
     flip: bool = False
     """Random horizontal flip (training only)."""
     frames: int = Field(8, ge=1, le=65536)
@@ -123,7 +131,9 @@ class DataConfig(Section):
     in_memory: Literal["auto", "always", "never"] = "auto"
     """auto: decode into one tensor when the data set is under ``max_memory_mb``; else stream through workers."""
     max_memory_mb: int = Field(2048, ge=1)
+    """Memory budget for ``in_memory: auto``."""
     num_workers: int = Field(0, ge=0, le=1024)
+    """DataLoader worker processes for streaming sources."""
     on_error: Literal["raise", "skip"] = "raise"
     """A corrupt or unreadable file: stop with its name, or skip it and count it in the log."""
 
@@ -138,7 +148,10 @@ class DataConfig(Section):
 
     # table / tags / records
     columns: list[str | int] | None = None
-    """table: the columns to keep (names, or 0-based indices); None: every column but ``id_column``."""
+    """table: the columns to keep, in order: names, 0-based indices, index ranges ``"3:177"`` (Python slice:
+    3 to 176; ``"1:"`` all but the first, ``":-1"`` all but the last), globs ``"label_*"`` (``*``, ``?``, ``[..]``)
+    or regular expressions ``"re:^px\\d+$"`` (matching the whole name). An exact column name always wins.
+    None: every column but ``id_column``."""
     id_column: str | int | None = None
     """table: a column to drop (an identifier)."""
     header: bool | None = None
@@ -175,13 +188,41 @@ class DataConfig(Section):
     min_item_events: int = Field(1, ge=1)
     """records: drop items seen in fewer training events (alias of ``min_count`` for records; the larger wins)."""
 
+    # table layout, test files and scaling (issue 19)
+    test_path: str | None = None
+    """table: a second file of the same columns used as the test split (data that comes as a train/test pair);
+    ``data.path`` then gives only train and validation (``split``'s test share must be 0). Normalisation and
+    imputation use statistics of the training split of ``data.path``."""
+    shape: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] | None = None
+    """table: reshape each row into an image ``[C, H, W]`` (or ``[H, W]``: one channel) or a clip ``[C, T, H, W]``,
+    e.g. ``[1, 8, 8]`` for the sklearn digits, ``[1, 28, 28]`` for MNIST as CSV; the product must equal the number
+    of kept columns (choose them with ``data.columns``, e.g. ``"1:"``). The values must then lie in [0, 1]: set
+    ``scale`` (e.g. 16 or 255) or ``normalize: minmax``."""
+    scale: float | None = Field(None, gt=0.0)
+    """table: divide every value by this number before normalisation (255 for 8-bit pixels, 16 for the sklearn
+    digits); kept in ``data_meta.json`` as ``scale``. None: values as read."""
+
     @field_validator("split")
     @classmethod
     def _split_fractions(cls, v: list[float] | None) -> list[float] | None:
         if v is None:
             return v
-        if len(v) != 3 or any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
-            raise ValueError("must be three fractions [train, val, test], each >= 0, train > 0, summing to 1")
+        if len(v) != 3 or any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("must be three fractions [train, val, test], each >= 0, summing to 1 (a train share of 0 "
+                             "is for evaluation only, e.g. [0, 0, 1] evaluates on everything)")
+        return v
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _one_column_spec(cls, v: Any) -> Any:
+        # ``data.columns="1:"`` on the command line: one range or pattern is a list of one
+        return [v] if isinstance(v, str | int) and not isinstance(v, bool) else v
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_rank(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(v) not in (2, 3, 4):
+            raise ValueError("must be [H, W], [C, H, W] (an image) or [C, T, H, W] (a clip)")
         return v
 
     @model_validator(mode="after")
@@ -327,14 +368,17 @@ class ModelConfig(Section):
     """Channels per down-sampling stage (conv), per stage (resnet: ``len − 1`` 2x down-samplings between them) or
     hidden layer widths (mlp)."""
     norm: Literal["batch", "group", "none"] = "batch"
+    """After each conv / hidden layer (group: GroupNorm with up to 32 groups for conv, LayerNorm for mlp)."""
     activation: Literal["relu", "leaky_relu", "silu", "gelu", "elu"] = "relu"
+    """Activation after each stage (leaky_relu has slope 0.2)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout after each stage's activation."""
     temporal_downsample: int = Field(0, ge=0)
     """Video: how many of the down-sampling stages also halve time (the rest keep T)."""
     gaussian_logvar: Literal["scalar", "pixel"] = "scalar"
     """With ``loss.recon: gaussian``: one learned log-variance, or one per output element (decoder head)."""
     grad_checkpointing: bool = False
-    """Recompute each block's activations in the backward pass (less memory, ~30% more compute)."""
+    """Recompute each block in the backward pass (less memory, more compute)."""
     bottleneck: BottleneckConfig = Field(default_factory=BottleneckConfig)
     """The latent: Gaussian (default) or quantised (vq, rvq, fsq, lfq); for mlp, conv and resnet."""
     resnet: ResNetConfig = Field(default_factory=ResNetConfig)
@@ -393,12 +437,17 @@ class KLConfig(Section):
     """constant: β; linear: 0→β over warmup_steps; cyclical: linear ramps repeated every cycle_steps
     (ramp over ``ratio`` of each cycle); capacity: γ·|KL − C(step)|, C rising linearly to capacity_max."""
     warmup_steps: int = Field(0, ge=0)
+    """linear: steps from 0 to β."""
     cycle_steps: int = Field(1000, ge=1)
+    """cyclical: cycle length in optimizer steps."""
     ratio: float = Field(0.5, gt=0.0, le=1.0)
+    """cyclical: fraction of each cycle spent ramping from 0 to β."""
     capacity_max: float = Field(25.0, ge=0.0)
     """nats."""
     capacity_steps: int = Field(10000, ge=1)
+    """capacity: steps for the target C to reach ``capacity_max``."""
     gamma: float = Field(1000.0, ge=0.0)
+    """capacity: weight γ of |KL − C|."""
     free_bits: float = Field(0.0, ge=0.0, le=1e4)
     """Minimum KL per latent dimension in nats (batch mean), Kingma et al. 2016."""
 
@@ -412,9 +461,11 @@ class DenoiseConfig(Section):
 
 class PerceptualConfig(Section):
     kind: Literal["none", "vgg", "lpips"] = "none"
+    """Perceptual term: none, vgg (VGG16 feature MSE) or lpips."""
     net: Literal["vgg", "alex", "squeeze"] = "vgg"
     """LPIPS backbone."""
     weight: float = Field(1.0, ge=0.0)
+    """Weight of the perceptual term (it is also scaled by the number of elements per sample)."""
     frames: int = Field(4, ge=1)
     """Video: frames sampled per clip for the perceptual term."""
     weights_path: str | None = None
@@ -425,12 +476,19 @@ class PerceptualConfig(Section):
 
 class SpectralConfig(Section):
     weight: float = Field(0.0, ge=0.0)
+    """Multi-resolution STFT term (audio); 0 disables it."""
     fft_sizes: list[int] = Field(default_factory=lambda: [1024, 2048, 512])
+    """FFT size per resolution (fft_sizes, hop_sizes and win_lengths must have equal lengths)."""
     hop_sizes: list[int] = Field(default_factory=lambda: [120, 240, 50])
+    """Hop size per resolution."""
     win_lengths: list[int] = Field(default_factory=lambda: [600, 1200, 240])
+    """Window length per resolution, each at most its FFT size."""
     w_sc: float = 1.0
+    """Spectral-convergence weight."""
     w_log_mag: float = 1.0
+    """Log-magnitude L1 weight."""
     w_lin_mag: float = 0.0
+    """Linear-magnitude L1 weight."""
 
     @model_validator(mode="after")
     def _same_lengths(self) -> SpectralConfig:
@@ -441,26 +499,36 @@ class SpectralConfig(Section):
 
 class DiscriminatorConfig(Section):
     channels: int = Field(64, ge=1)
+    """Width of the first PatchGAN layer (doubling up to 8×)."""
     layers: int = Field(3, ge=1)
+    """Stride-2 convolutions; too many for small inputs is an error."""
     norm: Literal["batch", "group", "none"] = "batch"
+    """Discriminator normalisation."""
 
 
 class AdversarialConfig(Section):
     weight: float = Field(0.0, ge=0.0)
     """0 disables the discriminator entirely."""
     loss: Literal["hinge", "non_saturating"] = "hinge"
+    """GAN loss for both players."""
     start_step: int = Field(0, ge=0)
     """Gates both the generator's adversarial term and the discriminator's updates."""
     adaptive: bool = True
     """Scale the generator term by ‖∇nll‖/‖∇g‖ at the decoder's last layer (latent-diffusion)."""
     adaptive_eps: float = 1e-4
+    """Denominator epsilon of the adaptive weight."""
     adaptive_max: float = 1e4
+    """Upper clamp of the adaptive weight."""
     r1_weight: float = Field(0.0, ge=0.0)
+    """R1 penalty on real data; 0 disables it."""
     r1_every: int = Field(1, ge=1)
+    """Compute R1 every N steps (scaled by N: lazy regularisation)."""
     feature_matching: float = Field(0.0, ge=0.0)
+    """Weight of the discriminator feature-matching L1."""
     disc_weight: float = Field(1.0, ge=0.0)
     """Weight of the discriminator's own loss."""
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    """The PatchGAN discriminator's size (1D/2D/3D to match the data)."""
 
 
 ReconKind = Literal["mse", "l1", "bce", "gaussian"]
@@ -470,12 +538,19 @@ class LossConfig(Section):
     recon: ReconKind = "bce"
     """mse/l1: summed error; bce: Bernoulli on logits (binary or multi-hot targets); gaussian: learned variance."""
     recon_weight: float = Field(1.0, ge=0.0)
+    """Weight of the reconstruction NLL."""
     beta: float = Field(1.0, ge=0.0)
+    """KL weight β (the final weight of the linear/cyclical schedules)."""
     kl: KLConfig = Field(default_factory=KLConfig)
+    """KL schedule and free bits."""
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
+    """Input corruption for denoising training (targets stay clean)."""
     perceptual: PerceptualConfig = Field(default_factory=PerceptualConfig)
+    """Perceptual term (images and video)."""
     spectral: SpectralConfig = Field(default_factory=SpectralConfig)
+    """Multi-resolution STFT term (audio)."""
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    """PatchGAN adversarial term and its discriminator."""
 
 
 # ----------------------------------------------------------------------------------------- optim
@@ -485,14 +560,18 @@ SchedulerName = Literal["none", "cosine", "cosine_restarts", "step", "exponentia
 
 class SchedulerConfig(Section):
     name: SchedulerName = "none"
+    """Learning-rate schedule, stepped once per optimizer step; plateau steps on the validation loss; cosine spans
+    the stage's length."""
     warmup_steps: int = Field(0, ge=0)
     """Linear warm-up from lr·warmup_start_factor to lr over this many optimizer steps."""
     warmup_start_factor: float = Field(0.01, gt=0.0, le=1.0)
+    """The warm-up starts at lr × this factor."""
     min_lr: float = Field(0.0, ge=0.0)
     """cosine / cosine_restarts floor."""
     t_0: int = Field(1000, ge=1)
     """cosine_restarts: steps of the first cycle."""
     t_mult: int = Field(1, ge=1)
+    """cosine_restarts: cycle length multiplier."""
     step_size: int = Field(1000, ge=1)
     """step: decay every this many optimizer steps."""
     gamma: float = Field(0.5, gt=0.0, le=1.0)
@@ -500,29 +579,41 @@ class SchedulerConfig(Section):
     factor: float = Field(0.5, gt=0.0, lt=1.0)
     """plateau: lr ×factor after ``patience`` validations without improvement of the validation total."""
     patience: int = Field(3, ge=0)
+    """plateau: validations without improvement before the lr is lowered."""
 
 
 class OptimConfig(Section):
     name: OptimName = "adam"
+    """Optimizer."""
     lr: float = Field(1e-3, gt=0.0)
+    """Learning rate."""
     weight_decay: float = Field(0.0, ge=0.0)
+    """Weight decay (decoupled for adamw)."""
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     """Adam/AdamW moment decay rates, each in [0, 1)."""
     momentum: float = Field(0.0, ge=0.0)
+    """SGD / RMSprop momentum (sgd with non-default betas is an error: use momentum)."""
     eps: float = Field(1e-8, gt=0.0)
+    """Optimizer epsilon."""
     grad_clip: float | None = Field(None, gt=0.0)
     """Clip the global gradient norm to this value (None: no clipping; the norm is still logged)."""
     group_lr: dict[str, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
     """Per-module-group learning rates, e.g. ``{encoder: 1e-4}`` (groups: encoder, decoder)."""
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    """Learning-rate schedule (restarts with each stage)."""
 
 
 # ----------------------------------------------------------------------------------------- train
 class EMAConfig(Section):
     enabled: bool = False
+    """Keep an EMA of the autoencoder's weights (used for validation, sample grids and export)."""
     decay: float = Field(0.999, gt=0.0, lt=1.0)
+    """EMA decay: ``shadow = decay·shadow + (1 − decay)·θ``."""
     start_step: int = Field(0, ge=0)
+    """The EMA is reset to the current weights when this step is reached, then averaged (0: from the initial
+    weights)."""
     every: int = Field(1, ge=1)
+    """Update the EMA every N optimizer steps."""
 
 
 class TrainConfig(Section):
@@ -533,8 +624,12 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1, le=2**20)
     """Global batch per forward pass, summed over processes (each of N processes gets batch_size/N)."""
     grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step (effective batch ``batch_size × grad_accum``)."""
     precision: Literal["no", "fp16", "bf16"] = "no"
+    """Mixed precision (Accelerate autocast; fp16 uses a checkpointed grad scaler and needs CUDA); the same in
+    every stage."""
     drop_last: bool = True
+    """Drop the last partial training batch of each epoch."""
     val_every: int | None = Field(None, ge=1)
     """Validate every N optimizer steps. Default: at the end of every epoch."""
     val_batches: int | None = Field(None, ge=1)
@@ -542,6 +637,7 @@ class TrainConfig(Section):
     ckpt_every: int | None = Field(None, ge=1)
     """Checkpoint every N optimizer steps (also at every epoch end and at the end of the run)."""
     keep_last: int = Field(2, ge=1)
+    """How many checkpoints are kept."""
     nan_policy: Literal["stop", "skip"] = "stop"
     """A non-finite loss: stop (naming step and term, last checkpoint kept) or skip the batch (counted)."""
     nan_skip_limit: float = Field(0.5, gt=0.0, le=1.0)
@@ -549,6 +645,7 @@ class TrainConfig(Section):
     timeout_s: float = Field(300.0, gt=0.0, le=86400.0)
     """Collective timeout between processes: a rank that stops responding fails the others after this long."""
     ema: EMAConfig = Field(default_factory=EMAConfig)
+    """Exponential moving average of the autoencoder's weights."""
     compile: bool = False
     """torch.compile the autoencoder (CUDA)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
@@ -563,12 +660,21 @@ class LogConfig(Section):
     every: int = Field(50, ge=1)
     """Log training metrics every N optimizer steps."""
     progress: bool = True
+    """tqdm progress bar on stderr."""
     tensorboard: bool = True
+    """Write ``tensorboard/``."""
     jsonl: bool = True
+    """Write ``metrics.jsonl``."""
     samples: bool = True
     """Write input/reconstruction grids and prior samples at each validation."""
     num_samples: int = Field(16, ge=1, le=1024)
+    """Images (or clips) per sample grid."""
+    keep_samples: int | None = Field(10, ge=1)
+    """Sample files (grids, wav, mp4) of only the last N validations of each stage are kept under ``samples/``;
+    older ones are deleted as new ones are written, so a long run does not pile up hundreds of images.
+    None: keep every validation's samples."""
     plots: bool = True
+    """Write ``curves.png`` at the end."""
     wandb: bool = False
     """Log to Weights & Biases (``pip install vaekit[wandb]``); the run id is kept in ``trackers.json``."""
     wandb_project: str | None = None
@@ -581,6 +687,7 @@ class LogConfig(Section):
     """MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///{run_dir}/mlflow.db`` with artifacts
     in ``{run_dir}/mlartifacts``; MLflow 3 refuses a ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``)."""
     mlflow_experiment: str = "vaekit"
+    """MLflow experiment name."""
 
 
 # -------------------------------------------------------------------------------------- finetune
@@ -620,30 +727,51 @@ class StageConfig(BaseModel):
     """One phase of a pipeline. It may override the sections ``data``, ``loss``, ``optim``, ``disc_optim``,
     ``train``, ``log`` and ``finetune``; the model (architecture) and the run are the same in every stage."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
     name: str
+    """Unique; used in tags, sample file names and messages (letters, digits, ``-``, ``_``, ``.``)."""
     epochs: int | None = Field(None, ge=1)
+    """Fixed length in epochs (set epochs or steps, not both)."""
     steps: int | None = Field(None, ge=1)
+    """Fixed length in optimizer steps."""
     metric: str | None = None
     """End the stage when this smoothed metric crosses ``threshold`` (e.g. ``train/recon``)."""
     threshold: float | None = None
+    """End when the smoothed ``metric`` crosses this value."""
     mode: Literal["below", "above"] = "below"
+    """Direction of the threshold / improvement."""
     plateau_window: int | None = Field(None, ge=2)
+    """End when ``metric`` improved less than ``plateau_threshold`` over this many observations."""
     plateau_threshold: float | None = Field(None, gt=0.0)
+    """Relative improvement for the plateau rule; default 1e-3 when unset."""
     max_epochs: int | None = Field(None, ge=1)
+    """Safety limit (epochs) for a transition (``metric``)."""
     max_steps: int | None = Field(None, ge=1)
+    """Safety limit (optimizer steps) for a transition (``metric``)."""
     freeze: list[str] = Field(default_factory=list)
+    """Groups (encoder, decoder, discriminator) or submodule paths to freeze; accumulates across stages."""
     unfreeze: list[str] = Field(default_factory=list)
+    """Groups or submodule paths to unfreeze again."""
     init_from: str | None = None
+    """A run directory, checkpoint directory or ``.safetensors`` file loaded at the start of the stage (not on
+    resume)."""
     data: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the ``data`` section for this stage."""
     loss: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the ``loss`` section for this stage."""
     optim: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the ``optim`` section for this stage (fresh optimizers each stage)."""
     disc_optim: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the ``disc_optim`` section for this stage."""
     train: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the ``train`` section for this stage."""
     log: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the ``log`` section for this stage."""
     eval: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the ``eval`` section for this stage."""
     finetune: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the ``finetune`` section for this stage."""
 
     @field_validator("name")
     @classmethod
@@ -662,17 +790,27 @@ class VaekitConfig(Section):
     preset: str | None = None
     """The preset this config started from (informational; applied at load time)."""
     run: RunConfig = Field(default_factory=RunConfig)
+    """The run directory and seed."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """The data source."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The autoencoder."""
     loss: LossConfig = Field(default_factory=LossConfig)
+    """The objective."""
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    """The autoencoder's optimizer."""
     disc_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-4, betas=(0.5, 0.9)))
     """The discriminator's optimizer (used when ``loss.adversarial.weight > 0``)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """Length, batch, precision, checkpoints and the distributed strategy."""
     log: LogConfig = Field(default_factory=LogConfig)
+    """Logging, sample grids and trackers."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation metrics computed at validation time."""
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    """What trains of the autoencoder (full, LoRA, decoder)."""
     stage_defaults: dict[str, Any] = Field(default_factory=dict)
+    """Stage keys (anything but ``name``) merged under every stage."""
     stages: list[StageConfig] = Field(default_factory=list)
     """At most ``MAX_STAGES``: each stage is validated as a whole config, and a run has a handful."""
 

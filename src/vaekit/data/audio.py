@@ -11,9 +11,11 @@ Labels (``data.labels``): ``folder`` = the parent folder's name, ``filename_pref
 first ``_`` or ``-`` (``7_jackson_32.wav`` → ``7``); ``y`` is the index into the sorted class names, which go to
 ``info.meta["classes"]``.
 
-Errors: a file whose header cannot be read raises `DataError` naming it at build (``data.on_error: skip`` leaves
-it out and counts it). A file that fails while decoding raises naming it, or with ``skip`` is replaced by the next
-readable file.
+Errors: at build, a file whose header cannot be read, a WAV shorter than its header declares (truncated), or a
+float file holding NaN/Inf samples raises `DataError` naming it (``data.on_error: skip`` leaves it out and counts
+it). A file that fails while decoding (or yields non-finite samples) raises naming it, or with ``skip`` is replaced
+by the next readable file. Files with more than two channels are mixed down (or cut to two) with one warning that
+names ``data.channels``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from torch import Tensor
 
 from vaekit.config.schema import DataConfig
 from vaekit.data.base import DataBundle, DataError, DataInfo, FileSource, describe, split_three
+from vaekit.data.common import data_dir, probe_all
 from vaekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +68,8 @@ def scan_audio(root: str | Path) -> list[Path]:
 
 
 def probe_audio(path: Path) -> AudioFile:
-    """Read ``path``'s header; DataError naming it when it is not a readable sound file."""
+    """Read ``path``'s header; DataError naming it when it is not a readable sound file, is a WAV shorter than
+    its header says (truncated), or is a float file holding NaN/Inf samples (float files are scanned in blocks)."""
     sf = _soundfile()
     try:
         info = sf.info(str(path))
@@ -72,7 +77,50 @@ def probe_audio(path: Path) -> AudioFile:
         raise DataError(f"{path}: cannot read audio header ({e})") from e
     if info.frames <= 0 or info.samplerate <= 0:
         raise DataError(f"{path}: no audio frames")
+    declared = wav_declared_frames(path) if path.suffix.lower() == ".wav" else None
+    if declared is not None and info.frames < declared:
+        raise DataError(f"{path}: truncated: the header declares {declared} frames, the file holds {info.frames}")
+    if info.subtype in ("FLOAT", "DOUBLE"):  # integer PCM cannot hold NaN/Inf
+        _check_finite_samples(path)
     return AudioFile(path, int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def wav_declared_frames(path: Path) -> int | None:
+    """The frame count a RIFF/WAVE header declares (data chunk size / block align); None when it does not say
+    (a streaming writer's 0 or 0xFFFFFFFF size, RF64, or no fmt/data chunk in the first 64 KiB)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)  # the fmt and data chunk headers are almost always here
+            if b"data" not in head:
+                head += fh.read(65536 - len(head))
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, align = 12, None
+    while pos + 8 <= len(head):
+        cid, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        if cid == b"fmt " and pos + 22 <= len(head):
+            align = struct.unpack("<H", head[pos + 20 : pos + 22])[0]
+        elif cid == b"data":
+            if not align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // align
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _check_finite_samples(path: Path, block: int = 1 << 16) -> None:
+    sf = _soundfile()
+    try:
+        for k, chunk in enumerate(sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True)):
+            if not np.isfinite(chunk).all():
+                frame = k * block + int(np.argwhere(~np.isfinite(chunk))[0][0])
+                raise DataError(f"{path}: NaN or Inf samples (the first at frame {frame}); non-finite audio is refused")
+    except (RuntimeError, OSError, ValueError, TypeError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: cannot decode audio ({e})") from e
 
 
 def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -111,6 +159,8 @@ def read_segment(
     data = resample(data, f.sample_rate, rate)  # (frames', C)
     offset = round((start * f.sample_rate / rate - first) * rate / f.sample_rate) if margin else start - first
     data = data[offset : offset + length]
+    if not np.isfinite(data).all():
+        raise DataError(f"{f.path}: NaN or Inf samples; non-finite audio is refused")
     if channels == 1:
         data = data.mean(axis=1, keepdims=True)
     elif data.shape[1] == 1:
@@ -193,38 +243,40 @@ class AudioFolderSource(FileSource):
         return out
 
 
-def _probe_all(paths: list[Path], on_error: str) -> tuple[list[AudioFile], list[str]]:
-    """Each file's header (rate, frames, channels); unreadable ones raise, or are skipped with one warning
-    (``data.on_error=skip``)."""
-    files, errors = [], []
-    for p in paths:
-        try:
-            files.append(probe_audio(p))
-        except DataError as e:
-            if on_error == "raise":
-                raise DataError(f"{e} (set data.on_error=skip to skip unreadable files)") from None
-            errors.append(str(e))
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; … {len(errors) - 5} more" if len(errors) > 5 else "")
-        logger.warning("skipped %d unreadable audio file(s) (data.on_error=skip): %s", len(errors), shown)
-    return files, errors
+def check_channels(files: list[AudioFile], channels: int, asked: int | None) -> None:
+    """Say once when files have more channels than are kept (a 6-channel file mixed down to mono, or cut to its
+    first two), naming ``data.channels``."""
+    wide = [f for f in files if f.channels > max(channels, 2)]
+    if wide:
+        what = "mixed down to mono" if channels == 1 else "cut to their first 2 channels"
+        setting = f"data.channels={asked}" if asked is not None else "data.channels unset: mono"
+        logger.warning(
+            "warning: %d audio file(s) have more than 2 channels (e.g. %s: %d); %s (%s)",
+            len(wide), wide[0].path, wide[0].channels, what, setting,
+        )
+
+
+def file_labels(files: list[AudioFile], root: Path, mode: str) -> tuple[list[int] | None, list[str] | None]:
+    """(label index per file, sorted class names) for ``data.labels``; (None, None) for ``none``."""
+    if mode == "none":
+        return None, None
+    names = [file_label(f.path, root, mode) for f in files]
+    classes = _class_order(set(names))
+    index = {c: k for k, c in enumerate(classes)}
+    return [index[n] for n in names], classes
 
 
 def build_audio_folder(cfg: DataConfig, seed: int) -> DataBundle:
     """The ``audio_folder`` source: every sound file under ``data.path``, one segment per file per epoch."""
-    if cfg.path is None:
-        raise ConfigError("data.path: required for data.source=audio_folder (a directory of .wav/.flac/.ogg)")
-    root = Path(cfg.path)
+    root = data_dir(cfg.path, "audio_folder", "a directory of .wav/.flac/.ogg")
     paths = scan_audio(root)
     if not paths:
         raise DataError(f"{root}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) found")
-    if cfg.num_samples is not None:
-        paths = paths[: cfg.num_samples]
-
-    files, errors = _probe_all(paths, cfg.on_error)
+    paths = paths[: cfg.num_samples] if cfg.num_samples is not None else paths
+    # reading and validating: headers, truncation, non-finite float samples
+    files, errors = probe_all(paths, probe_audio, cfg.on_error, "audio file(s)")  # threads do not help libsndfile
     if not files:
         raise DataError(f"{root}: no readable audio file")
-
     rates = sorted({f.sample_rate for f in files})
     if cfg.sample_rate is None and len(rates) > 1:
         raise ConfigError(
@@ -234,23 +286,16 @@ def build_audio_folder(cfg: DataConfig, seed: int) -> DataBundle:
     rate = cfg.sample_rate or rates[0]
     length = max(1, round(cfg.segment * rate))
     channels = cfg.channels or 1
-
-    labels, classes = None, None
-    if cfg.labels != "none":
-        names = [file_label(f.path, root, cfg.labels) for f in files]
-        classes = _class_order(set(names))
-        index = {c: k for k, c in enumerate(classes)}
-        labels = [index[n] for n in names]
-
+    check_channels(files, channels, cfg.channels)
+    labels, classes = file_labels(files, root, cfg.labels)
+    # assembling
     tr, va, te = split_three(len(files), cfg.split, cfg.val_fraction, seed)
-    skip = cfg.on_error == "skip"
 
     def source(idx: Tensor, train: bool) -> AudioFolderSource:
         ii = idx.tolist()
         lab = None if labels is None else [labels[i] for i in ii]
-        return AudioFolderSource(
-            [files[i] for i in ii], lab, rate, length, channels, random_crop=train, seed=seed, skip_errors=skip
-        )
+        return AudioFolderSource([files[i] for i in ii], lab, rate, length, channels, random_crop=train, seed=seed,
+                                 skip_errors=cfg.on_error == "skip")
 
     train, val = source(tr, True), source(va, False)
     test = source(te, False) if len(te) else None
@@ -261,6 +306,7 @@ def build_audio_folder(cfg: DataConfig, seed: int) -> DataBundle:
         "segment_samples": length,
         "channels": channels,
         "source_sample_rates": rates,
+        "source_channels": sorted({f.channels for f in files}),
         "files": len(files),
         "median_duration_seconds": float(np.median(durations)),
         "shorter_than_segment": sum(d * rate < length for d in durations),
@@ -269,9 +315,7 @@ def build_audio_folder(cfg: DataConfig, seed: int) -> DataBundle:
         meta["classes"] = classes
         meta["labels"] = cfg.labels
     shape = (channels, length)
-    note = f"{root}, {rate} Hz, {cfg.segment:g} s segments, streaming" + (
-        f", {len(errors)} skipped" if errors else ""
-    )
+    note = f"{root}, {rate} Hz, {cfg.segment:g} s segments, streaming" + (f", {len(errors)} skipped" if errors else "")
     info = DataInfo(
         modality="audio",
         shape=shape,

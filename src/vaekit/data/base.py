@@ -167,14 +167,16 @@ def split_three(n: int, split: list[float] | None, val_fraction: float, seed: in
 
     Returns:
         (train_idx, val_idx, test_idx), each sorted. The validation set is ``ceil(n * val)`` samples and the
-        test set ``ceil(n * test)`` (at least one training sample is kept); with ``split=[1 - f, f, 0]`` the
-        train and validation sets are exactly those of ``split_indices(n, f, seed)``.
+        test set ``ceil(n * test)`` (at least one training sample is kept unless the train share is 0: then
+        everything goes to validation and test, for evaluation only); with ``split=[1 - f, f, 0]`` the train and
+        validation sets are exactly those of ``split_indices(n, f, seed)``.
     """
     if split is None:
         tr, va = split_indices(n, val_fraction, seed)
         return tr, va, torch.zeros(0, dtype=torch.long)
-    n_val = min(math.ceil(n * split[1]), max(n - 1, 0))
-    n_test = min(math.ceil(n * split[2]), max(n - 1 - n_val, 0))
+    keep = 1 if split[0] > 0 else 0
+    n_val = min(math.ceil(n * split[1]), max(n - keep, 0))
+    n_test = n - n_val if not keep else min(math.ceil(n * split[2]), max(n - 1 - n_val, 0))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, test, train = perm[:n_val], perm[n_val : n_val + n_test], perm[n_val + n_test :]
     return train.sort().values, val.sort().values, test.sort().values

@@ -13,17 +13,21 @@ Memory: without random augmentation, ``data.in_memory: auto`` decodes everything
 `ArraySource` when it fits in ``data.max_memory_mb``. With random crop or flip the sources stream (a `FileSource`
 decodes and augments each sample, seeded per (seed, epoch, index)); ``in_memory: always`` is then an error.
 
-Errors: every file is opened at build (header only). An unreadable one raises `DataError` naming it, or with
-``data.on_error: skip`` is left out, counted in `DataInfo.skipped` and listed in a warning. A file that opens but
-fails to decode is found at build when in memory (and treated the same way) or, when streaming, at load time:
-``raise`` stops with its name; ``skip`` logs a warning and returns the next readable sample in its place.
+Errors: every file is fully decoded once at build, in memory or streaming (a truncated PNG/JPEG opens but fails
+to decode, so opening the header is not enough). An unreadable one raises `DataError` naming it, or with
+``data.on_error: skip`` is left out, counted in `DataInfo.skipped` and listed in a warning. A file that becomes
+unreadable after the build fails at load time the same way: ``raise`` stops with its name; ``skip`` logs a
+warning and returns the next readable sample in its place.
+
+Splits: ``data.split`` (train/val/test) when set, else ``data.val_fraction``. ``data.path`` may also be one image
+file: it is then the validation split, for evaluation (``vaekit compare A B --data img.png``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +36,9 @@ from PIL import Image
 from torch import Tensor
 
 from vaekit.config.schema import DataConfig
-from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, FileSource, describe, split_indices
+from vaekit.data.base import DataBundle, DataError, DataInfo, FileSource, describe, split_three
+from vaekit.data.common import probe_all, three_sources
+from vaekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -151,102 +157,90 @@ class ImageFolderSource(FileSource):
         return {"x": x}
 
 
-def _probe(path: Path) -> str | None:
-    """None if ``path`` opens as an image (header only), else the reason."""
-    try:
-        with Image.open(path) as img:
-            img.size  # noqa: B018 - parsing the header is the check
-        return None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        return str(e)
+def _check_decodes(path: Path, channels: int) -> Path:
+    """``path`` when it fully decodes (every pixel, converted to the mode used for training), else DataError."""
+    load_image(path, channels)
+    return path
 
 
-def _decode_all(paths: list[Path], size: int, channels: int) -> list[Tensor | DataError]:
-    def one(p: Path) -> Tensor | DataError:
-        try:
-            return to_tensor(resize_and_crop(load_image(p, channels), size), channels)
-        except DataError as e:
-            return e
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        return list(pool.map(one, paths))
+def _decode_one(path: Path, size: int, channels: int) -> Tensor:
+    return to_tensor(resize_and_crop(load_image(path, channels), size), channels)  # (C, H, W)
 
 
-def _report_skipped(errors: list[str], on_error: str) -> None:
-    if not errors:
-        return
-    if on_error == "raise":
-        raise DataError(errors[0] + " (set data.on_error=skip to skip unreadable files)")
-    shown = "; ".join(errors[:5]) + (f"; … {len(errors) - 5} more" if len(errors) > 5 else "")
-    logger.warning("skipped %d unreadable image(s) (data.on_error=skip): %s", len(errors), shown)
+def _threads() -> int:
+    return min(8, os.cpu_count() or 1)
 
 
-def build_image_folder(cfg: DataConfig, seed: int) -> DataBundle:
-    """The ``image_folder`` source: a seeded ``data.val_fraction`` split of the files under ``data.path``."""
-    if cfg.path is None:
-        raise ValueError("data.path: required for data.source=image_folder (a directory of image files)")
-    size = cfg.image_size or DEFAULT_SIZE
-    channels = 1 if cfg.channels == 1 else 3
-    paths = scan_images(cfg.path)
-    if cfg.num_samples is not None:
-        paths = paths[: cfg.num_samples]
-
-    errors: list[str] = []
-    readable = []
-    for p in paths:
-        reason = _probe(p)
-        if reason is None:
-            readable.append(p)
-        else:
-            errors.append(f"{p}: cannot open image ({reason})")
-    _report_skipped(errors, cfg.on_error)
-    if not readable:
-        raise DataError(f"{cfg.path}: no readable image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-
+def _in_memory(cfg: DataConfig, n: int, shape: tuple[int, ...]) -> bool:
+    """Whether to decode everything once into memory (``data.in_memory``; never with random augmentation)."""
     augment = cfg.crop == "random" or cfg.flip
-    fits = len(readable) * channels * size * size * 4 < cfg.max_memory_mb * 2**20
     if cfg.in_memory == "always" and augment:
-        raise ValueError(
+        raise ConfigError(
             "data.in_memory=always: in-memory image folders are not augmented; "
             "set data.crop=center and data.flip=false, or data.in_memory=auto"
         )
-    in_memory = cfg.in_memory == "always" or (cfg.in_memory == "auto" and fits and not augment)
+    fits = n * math.prod(shape) * 4 < cfg.max_memory_mb * 2**20
+    return cfg.in_memory == "always" or (cfg.in_memory == "auto" and fits and not augment)
 
-    tr_idx, va_idx = split_indices(len(readable), cfg.val_fraction, seed)
-    tr_paths, va_paths = [readable[i] for i in tr_idx], [readable[i] for i in va_idx]
-    if in_memory:
-        decode_errors, splits = [], []
-        for ps in (tr_paths, va_paths):
-            out = _decode_all(ps, size, channels)
-            decode_errors += [str(e) for e in out if isinstance(e, DataError)]
-            xs = [t for t in out if isinstance(t, Tensor)]
-            splits.append(torch.stack(xs) if xs else torch.zeros(0, channels, size, size))  # (N, C, H, W)
-        _report_skipped(decode_errors, cfg.on_error)
-        errors += decode_errors
-        train, val = ArraySource(splits[0]), ArraySource(splits[1])
-    else:
-        skip = cfg.on_error == "skip"
-        train = ImageFolderSource(
-            tr_paths,
-            size,
-            channels,
-            random_crop=cfg.crop == "random",
-            flip=cfg.flip,
-            seed=seed,
-            skip_errors=skip,
-        )
-        val = ImageFolderSource(va_paths, size, channels, seed=seed, skip_errors=skip)
 
+def build_image_folder(cfg: DataConfig, seed: int) -> DataBundle:
+    """The ``image_folder`` source: a seeded split (``data.split``, else ``data.val_fraction``) of the image files
+    under ``data.path`` (a directory, or one image file: then it is all validation data).
+
+    Every file is fully decoded at build, in memory or streaming, so a truncated or corrupt file gets the same
+    answer either way: one line naming it (``data.on_error=raise``), or skipped and counted (``skip``).
+    """
+    if cfg.path is None:
+        raise ConfigError("data.path: required for data.source=image_folder (a directory of image files)")
+    size = cfg.image_size or DEFAULT_SIZE
+    channels = 1 if cfg.channels == 1 else 3
     shape = (channels, size, size)
-    mode = "in memory" if in_memory else "streaming"
-    note = f"{cfg.path}, {mode}" + (f", {len(errors)} skipped" if errors else "")
+    single = Path(cfg.path).is_file() and Path(cfg.path).suffix.lower() in IMAGE_EXTENSIONS
+    paths = [Path(cfg.path)] if single else scan_images(cfg.path)
+    paths = paths[: cfg.num_samples] if cfg.num_samples is not None else paths
+    in_memory = _in_memory(cfg, len(paths), shape)
+    # reading and validating: a full decode of every file (the decoded tensors are kept when in memory)
+    if in_memory:
+        pairs, errors = probe_all(paths, lambda p: (p, _decode_one(p, size, channels)), cfg.on_error, "image(s)",
+                                  _threads())
+    else:
+        pairs, errors = probe_all(paths, lambda p: (_check_decodes(p, channels), None), cfg.on_error, "image(s)",
+                                  _threads())
+    if not pairs:
+        raise DataError(f"{cfg.path}: no readable image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    # assembling
+    split = [0.0, 1.0, 0.0] if single else cfg.split
+    tr, va, te = split_three(len(pairs), split, cfg.val_fraction, seed)
+    if in_memory:
+        x = torch.stack([t for _, t in pairs])  # (N, C, H, W)
+        train, val, test = three_sources(x, tr, va, te)
+    else:
+        readable = [p for p, _ in pairs]
+
+        def source(idx: Tensor, training: bool) -> ImageFolderSource:
+            return ImageFolderSource(
+                [readable[i] for i in idx.tolist()],
+                size,
+                channels,
+                random_crop=training and cfg.crop == "random",
+                flip=training and cfg.flip,
+                seed=seed,
+                skip_errors=cfg.on_error == "skip",
+            )
+
+        train, val, test = source(tr, True), source(va, False), source(te, False) if len(te) else None
+    n_test = len(test) if test is not None else 0
+    note = f"{cfg.path}, {'in memory' if in_memory else 'streaming'}" + (
+        f", {len(errors)} skipped" if errors else ""
+    )
     info = DataInfo(
         modality="image",
         shape=shape,
         n_train=len(train),
         n_val=len(val),
+        n_test=n_test,
         value_range=(0.0, 1.0),
         skipped=len(errors),
-        description=describe("image_folder", len(train), len(val), shape, note),
+        description=describe("image_folder", len(train), len(val), shape, note, n_test),
     )
-    return DataBundle(train, val, info)
+    return DataBundle(train, val, info, test)

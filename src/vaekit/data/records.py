@@ -16,6 +16,8 @@ IDENTIFIER`` with shared checklists collapsed to their ``GROUP IDENTIFIER``; ite
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +72,27 @@ def _event_key(row: list[str], idx: list[int], group: int | None) -> str:
     return "|".join(row[i].strip() for i in idx)
 
 
-def build_records(cfg: DataConfig, seed: int) -> DataBundle:
-    """The ``records`` source: pivot the long-format file ``data.path`` into events × items."""
-    path = data_file(cfg.path, "records", "a .csv/.tsv/.txt file of records")
-    names, rows, header = read_csv(path, True if cfg.header is None else cfg.header)
-    ebird = EBIRD_EVENT in names
+@dataclass
+class RecordColumns:
+    """Where the record fields are: resolved from the config, else the eBird defaults."""
 
-    # columns: explicit, else eBird defaults, else a one-line error listing the columns
+    event_cols: list[str]
+    item_col: str
+    count_col: str | None
+    counted: bool
+    filter: dict[str, Any]
+    ev_idx: list[int]
+    it_idx: int
+    ct_idx: int | None
+    group: int | None
+    """The eBird GROUP IDENTIFIER column (shared checklists collapsed), when the event column is the default."""
+    filters: list[tuple[int, set]]
+    """(column index, accepted values) of ``filter`` in the records file."""
+
+
+def record_columns(cfg: DataConfig, names: list[str], path: Path) -> RecordColumns:
+    """The columns to read: explicit, else eBird defaults, else a one-line error listing the columns."""
+    ebird = EBIRD_EVENT in names
     if cfg.event_column is not None:
         event_cols = [cfg.event_column] if isinstance(cfg.event_column, str) else list(cfg.event_column)
     elif ebird:
@@ -90,85 +106,121 @@ def build_records(cfg: DataConfig, seed: int) -> DataBundle:
             raise ConfigError(f"data.item_column: required for {path.name}; the columns are: {_columns_line(names)}")
     count_col = cfg.count_column or (EBIRD_COUNT if ebird and EBIRD_COUNT in names else None)
     flt = cfg.filter if cfg.filter is not None else ({EBIRD_COMPLETE: "1"} if EBIRD_COMPLETE in names else {})
-
-    ev_idx = [_index(names, c, "data.event_column", path) for c in event_cols]
-    it_idx = _index(names, item_col, "data.item_column", path)
     counted = cfg.values == "count" and count_col is not None
-    ct_idx = _index(names, count_col, "data.count_column", path) if counted else None
-    group = names.index(EBIRD_GROUP) if cfg.event_column is None and ebird and EBIRD_GROUP in names else None
-    filters = _filters(flt, names, path, strict=True)
+    return RecordColumns(
+        event_cols=event_cols,
+        item_col=item_col,
+        count_col=count_col,
+        counted=counted,
+        filter=flt,
+        ev_idx=[_index(names, c, "data.event_column", path) for c in event_cols],
+        it_idx=_index(names, item_col, "data.item_column", path),
+        ct_idx=_index(names, count_col, "data.count_column", path) if counted else None,  # type: ignore[arg-type]
+        group=names.index(EBIRD_GROUP) if cfg.event_column is None and ebird and EBIRD_GROUP in names else None,
+        filters=_filters(flt, names, path, strict=True),
+    )
 
-    # every event: from the events file (zero-filling), else those that have records
+
+def known_events(cfg: DataConfig, cols: RecordColumns) -> dict[str, dict[str, float]] | None:
+    """Every event of ``data.events_path`` (zero-filling) as an empty bag; None without that file."""
+    if cfg.events_path is None:
+        return None
+    epath = Path(cfg.events_path)
+    if not epath.is_file():
+        raise DataError(f"{epath}: data.events_path is not a file")
+    enames, erows, _ = read_csv(epath, True if cfg.header is None else cfg.header)
+    e_idx = [_index(enames, c, "data.event_column", epath) for c in cols.event_cols]
+    e_group = enames.index(EBIRD_GROUP) if cols.group is not None and EBIRD_GROUP in enames else None
+    e_filters = _filters(cols.filter, enames, epath, strict=False)
     events: dict[str, dict[str, float]] = {}
-    restrict = False
-    if cfg.events_path is not None:
-        epath = Path(cfg.events_path)
-        if not epath.is_file():
-            raise DataError(f"{epath}: data.events_path is not a file")
-        enames, erows, _ = read_csv(epath, True if cfg.header is None else cfg.header)
-        e_idx = [_index(enames, c, "data.event_column", epath) for c in event_cols]
-        e_group = enames.index(EBIRD_GROUP) if group is not None and EBIRD_GROUP in enames else None
-        e_filters = _filters(flt, enames, epath, strict=False)
-        for row in erows:
-            if all(row[i].strip() in ok for i, ok in e_filters):
-                events.setdefault(_event_key(row, e_idx, e_group), {})
-        restrict = True
+    for row in erows:
+        if all(row[i].strip() in ok for i, ok in e_filters):
+            events.setdefault(_event_key(row, e_idx, e_group), {})
+    return events
 
+
+def _count(cell: str, path: Path, line: int, column: str | None) -> float | None:
+    """A count cell's value; None for ``X`` (present, not counted: counts 1). DataError naming line and column
+    for anything that is not a finite non-negative number."""
+    cell = cell.strip()
+    if cell.upper() == "X":
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        raise DataError(
+            f"{path}: line {line}, column {column!r}: {cell[:40]!r} is not a count (numbers, or X for present)"
+        ) from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}: line {line}, column {column!r}: {cell[:40]!r} is not a finite count")
+    if value < 0:
+        raise DataError(f"{path}: line {line}, column {column!r}: negative count")
+    return value
+
+
+def pivot(
+    rows: list[list[str]], cols: RecordColumns, events: dict[str, dict[str, float]] | None, path: Path, header: bool
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Pivot the record rows into one bag (item → summed value) per event.
+
+    Returns:
+        (bags by event key, in first-seen order after the events file's; tallies ``records``, ``x_cells``,
+        ``no_item`` for ``info.meta``).
+    """
+    restrict = events is not None
+    bags: dict[str, dict[str, float]] = events if events is not None else {}
     kept = x_cells = no_item = 0
     for r, row in enumerate(rows):
-        if not all(row[i].strip() in ok for i, ok in filters):
+        if not all(row[i].strip() in ok for i, ok in cols.filters):
             continue
-        key = _event_key(row, ev_idx, group)
-        if restrict and key not in events:
+        key = _event_key(row, cols.ev_idx, cols.group)
+        if restrict and key not in bags:
             continue
-        item = row[it_idx].strip()
+        item = row[cols.it_idx].strip()
         if not item:
             no_item += 1
-            events.setdefault(key, {})
+            bags.setdefault(key, {})
             continue
         value = 1.0
-        if ct_idx is not None:
-            cell = row[ct_idx].strip()
-            if cell.upper() == "X":
-                x_cells += 1
-            else:
-                try:
-                    value = float(cell)
-                except ValueError:
-                    raise DataError(
-                        f"{path}: line {r + 1 + int(header)}, column {count_col!r}: {cell[:40]!r} is not a count "
-                        "(numbers, or X for present)"
-                    ) from None
-                if value < 0:
-                    raise DataError(f"{path}: line {r + 1 + int(header)}, column {count_col!r}: negative count")
-        bag = events.setdefault(key, {})
+        if cols.ct_idx is not None:
+            counted = _count(row[cols.ct_idx], path, r + 1 + int(header), cols.count_col)
+            x_cells += counted is None
+            value = 1.0 if counted is None else counted
+        bag = bags.setdefault(key, {})
         bag[item] = bag.get(item, 0.0) + value
         kept += 1
+    return bags, {"records": kept, "x_cells": x_cells, "no_item": no_item}
+
+
+def build_records(cfg: DataConfig, seed: int) -> DataBundle:
+    """The ``records`` source: pivot the long-format file ``data.path`` into events × items."""
+    path = data_file(cfg.path, "records", "a .csv/.tsv/.txt file of records")
+    names, rows, header = read_csv(path, True if cfg.header is None else cfg.header)
+    cols = record_columns(cfg, names, path)
+    events, tally = pivot(rows, cols, known_events(cfg, cols), path, header)
     if not events:
-        raise DataError(f"{path}: no records left after data.filter={flt}")
-    keys = list(events)
-    if cfg.num_samples is not None:
-        keys = keys[: cfg.num_samples]
+        raise DataError(f"{path}: no records left after data.filter={cols.filter}")
+    keys = list(events)[: cfg.num_samples] if cfg.num_samples is not None else list(events)
     bags = [events[k] for k in keys]
     meta = {
         "file": str(path),
-        "event_column": event_cols if len(event_cols) > 1 else event_cols[0],
-        "item_column": item_col,
-        "count_column": count_col if counted else None,
+        "event_column": cols.event_cols if len(cols.event_cols) > 1 else cols.event_cols[0],
+        "item_column": cols.item_col,
+        "count_column": cols.count_col if cols.counted else None,
         "values": cfg.values,
-        "filter": {k: v for k, v in flt.items()},
+        "filter": dict(cols.filter),
         "events": len(bags),
-        "records": kept,
+        "records": tally["records"],
         "events_without_records": sum(not b for b in bags),
     }
-    if group is not None:
+    if cols.group is not None:
         meta["shared_checklists_collapsed_by"] = EBIRD_GROUP
     if cfg.events_path is not None:
         meta["events_path"] = str(cfg.events_path)
-    if x_cells:
-        meta["x_counted_as_1"] = x_cells
-    if no_item:
-        meta["records_without_item"] = no_item
-    note = f"{path.name}, {len(bags)} events × {item_col}, {cfg.values}"
+    if tally["x_cells"]:
+        meta["x_counted_as_1"] = tally["x_cells"]
+    if tally["no_item"]:
+        meta["records_without_item"] = tally["no_item"]
+    note = f"{path.name}, {len(bags)} events × {cols.item_col}, {cfg.values}"
     min_count = max(cfg.min_count, cfg.min_item_events)
     return bag_bundle("records", bags, cfg, seed, min_count, note, meta, counts=cfg.values == "count", item_key="items")

@@ -6,11 +6,17 @@ as the eBird files need); Parquet through pyarrow (or pandas); ``.npy`` (2-D, or
 (``data.column`` names the array, default ``x`` or the only one); ARFF with dense and sparse (``{i v, ...}``)
 rows, nominal attributes as their numeric value (or their index when not numeric).
 
-Then: ``data.columns`` keeps columns (names or 0-based indices), ``data.id_column`` drops one; a seeded
-``data.split`` / ``data.val_fraction`` split; missing cells (empty, ``NA``, ``NaN``, ``null``, ``?``) are an error
-naming row and column unless ``data.impute`` fills them (training-split column mean, or 0); ``data.normalize``
-scales each column with statistics of the TRAINING split only. ``info.meta`` keeps the column names, the value
-kind and the statistics (see `table_meta`).
+Gzipped text (``.csv.gz``, ``.tsv.gz``, ``.txt.gz``, ``.arff.gz``) is read directly. Two columns with one name
+are an error naming them.
+
+Then (`build_table`: reading, validating, assembling): ``data.columns`` keeps columns (names, indices, ranges
+``"3:177"``, globs ``"label_*"``, regexes ``"re:..."``; see `expand_columns`), ``data.id_column`` drops one; a
+seeded ``data.split`` / ``data.val_fraction`` split, or ``data.test_path`` as the test split; infinite values are
+an error; missing cells (empty, ``NA``, ``NaN``, ``null``, ``?``) are an error naming row and column unless
+``data.impute`` fills them (training-split column mean, or 0); ``data.scale`` divides every value;
+``data.normalize`` scales each column with statistics of the TRAINING split only; ``data.shape`` turns each row
+into an image (or clip) whose values must lie in [0, 1]. ``info.meta`` keeps the column names, the value kind and
+the statistics (see `table_meta`).
 
 Value kind (``info.meta["kind"]``, ``data.kind`` or detected): ``binary`` (every value 0 or 1), ``count``
 (non-negative integers) or ``continuous``. ``info.meta["likelihood"]`` is the matching default reconstruction
@@ -22,23 +28,42 @@ The CSV helpers here (`sniff_csv`, `read_csv`) are shared with the ``tags`` and 
 from __future__ import annotations
 
 import csv
+import fnmatch
+import gzip
 import math
 import re
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from vaekit.config.schema import DataConfig
 from vaekit.data.base import ArraySource, DataBundle, DataError, DataInfo, data_file, describe, split_three
+from vaekit.data.common import fit_normalize, three_sources
 from vaekit.errors import ConfigError
 
 MISSING = {"", "na", "nan", "null", "none", "?", "n/a"}
 TABLE_EXTENSIONS = {".csv", ".tsv", ".txt", ".parquet", ".pq", ".npy", ".npz", ".arff"}
+"""Also ``.csv.gz``, ``.tsv.gz``, ``.txt.gz`` and ``.arff.gz`` (read through gzip)."""
+
+
+def table_ext(path: Path) -> str:
+    """The format suffix of ``path``, lower case, under a ``.gz`` (``x.tsv.gz`` → ``.tsv``)."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        return suffixes[-2] if len(suffixes) > 1 else ""
+    return suffixes[-1] if suffixes else ""
+
+
+def open_text(path: Path, encoding: str, errors: str) -> IO[str]:
+    """``path`` opened for reading text; a ``.gz`` file is decompressed on the fly."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding=encoding, errors=errors, newline="")
+    return path.open(encoding=encoding, errors=errors, newline="")
 
 
 # ------------------------------------------------------------------------------------------ CSV / TSV
@@ -55,12 +80,12 @@ def sniff_csv(path: Path, sample_bytes: int = 65536) -> CsvFormat:
 
     Tab-separated files are read without quote handling (free-text fields in eBird files hold stray quotes).
     """
-    if path.suffix.lower() == ".tsv":
+    if table_ext(path) == ".tsv":
         return CsvFormat("\t", csv.QUOTE_NONE)
     try:
-        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        with open_text(path, "utf-8", "replace") as fh:
             sample = fh.read(sample_bytes)
-    except OSError as e:
+    except (OSError, EOFError) as e:  # EOFError: a truncated .gz
         raise DataError(f"{path}: cannot read ({e})") from e
     first = sample.split("\n", 1)[0]
     try:
@@ -100,9 +125,9 @@ def read_csv(path: str | Path, header: bool | None = None) -> tuple[list[str], l
     fmt = sniff_csv(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
-        with path.open(encoding="utf-8-sig", errors="strict", newline="") as fh:
+        with open_text(path, "utf-8-sig", "strict") as fh:
             rows = [r for r in csv.reader(fh, delimiter=fmt.delimiter, quoting=fmt.quoting) if r]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read as delimited text ({e})") from e
     if not rows:
         raise DataError(f"{path}: empty file")
@@ -150,8 +175,9 @@ def read_arff(path: str | Path) -> tuple[list[str], list[list[Any]]]:
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
+        with open_text(path, "utf-8", "replace") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read ({e})") from e
     names: list[str] = []
     nominal: list[dict[str, float] | None] = []
@@ -255,6 +281,11 @@ def _read_numpy(path: Path, array: str | None) -> np.ndarray:
         arr = arr[:, None]
     if arr.ndim != 2:
         raise DataError(f"{path}: a table must be 2-D (rows, columns); this array is {arr.shape}")
+    if np.iscomplexobj(arr):
+        raise DataError(
+            f"{path}: complex values (dtype {arr.dtype}); store real numbers (e.g. the magnitude, or the real and "
+            "imaginary parts as separate columns)"
+        )
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DataError(f"{path}: array of dtype {arr.dtype}, expected numbers")
     return arr.astype(np.float64)
@@ -286,22 +317,42 @@ def _to_float(cells: list[list[Any]], names: list[str], path: Path, header: bool
 
 
 def read_table(path: str | Path, cfg: DataConfig) -> tuple[list[str], np.ndarray, list[list[Any]] | None, bool]:
-    """Read the file at ``path`` into column names and raw cells (or a float array for NumPy files)."""
+    """Read the file at ``path`` into column names and raw cells (or a float array for NumPy files).
+
+    Raises:
+        DataError: naming the file when it cannot be read or two columns share a name.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data.path is not a file")
-    ext = path.suffix.lower()
+    ext = table_ext(path)
     if ext in (".npy", ".npz"):
         arr = _read_numpy(path, cfg.column)
         return [str(i) for i in range(arr.shape[1])], arr, None, False
     if ext in (".parquet", ".pq"):
         names, rows = _read_parquet(path)
-        return names, np.empty(0), rows, False
-    if ext == ".arff":
+        header = True
+    elif ext == ".arff":
         names, rows = read_arff(path)
-        return names, np.empty(0), rows, False
-    names, rows, header = read_csv(path, cfg.header)
+        header = True
+    else:
+        names, rows, header = read_csv(path, cfg.header)
+    if header:
+        _check_unique(names, path)
     return names, np.empty(0), rows, header
+
+
+def _check_unique(names: list[str], path: Path) -> None:
+    seen: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        seen.setdefault(n, []).append(i)
+    dup = {n: ix for n, ix in seen.items() if len(ix) > 1}
+    if dup:
+        shown = "; ".join(f"{n!r} at columns {', '.join(map(str, ix))}" for n, ix in list(dup.items())[:5])
+        raise DataError(
+            f"{path}: duplicate column names ({shown}); rename them so each column has its own name "
+            "(or read without names: data.header=false)"
+        )
 
 
 def column_index(names: list[str], key: str | int, setting: str) -> int:
@@ -313,8 +364,58 @@ def column_index(names: list[str], key: str | int, setting: str) -> int:
         return i
     if key in names:
         return names.index(key)
-    shown = ", ".join(names[:40]) + (f", … {len(names) - 40} more" if len(names) > 40 else "")
-    raise ConfigError(f"{setting}: no column {key!r}; the columns are: {shown}")
+    raise ConfigError(f"{setting}: no column {key!r}; the columns are: {_shown(names)}")
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:40]) + (f", … {len(names) - 40} more" if len(names) > 40 else "")
+
+
+_RANGE = re.compile(r"\s*(-?\d*)\s*:\s*(-?\d*)\s*")
+
+
+def expand_columns(names: list[str], spec: str | int, setting: str = "data.columns") -> list[int]:
+    """The column indices one ``data.columns`` entry selects, in table order.
+
+    An entry is an exact name (always wins), a 0-based index, a range ``"a:b"`` (Python slice semantics:
+    ``"3:177"``, ``"1:"``, ``":-1"``), a glob (``"label_*"``: ``*``, ``?``, ``[..]``) or a regular expression
+    ``"re:..."`` matching the whole name. ConfigError naming ``setting`` when it selects nothing.
+    """
+    if isinstance(spec, int) or spec in names:
+        return [column_index(names, spec, setting)]
+    m = _RANGE.fullmatch(spec)
+    if m:
+        lo, hi = (int(g) if g not in ("", "-") else None for g in m.groups())
+        picked = list(range(len(names)))[slice(lo, hi)]
+        if not picked:
+            raise ConfigError(f"{setting}: range {spec!r} selects no column (the table has {len(names)} columns)")
+        return picked
+    if spec.startswith("re:"):
+        try:
+            rx = re.compile(spec[3:])
+        except re.error as e:
+            raise ConfigError(f"{setting}: {spec!r} is not a valid regular expression ({e})") from None
+        picked = [i for i, n in enumerate(names) if rx.fullmatch(n)]
+    elif any(c in spec for c in "*?["):
+        picked = [i for i, n in enumerate(names) if fnmatch.fnmatchcase(n, spec)]
+    else:
+        return [column_index(names, spec, setting)]
+    if not picked:
+        raise ConfigError(f"{setting}: {spec!r} matches no column; the columns are: {_shown(names)}")
+    return picked
+
+
+def select_columns(names: list[str], cfg: DataConfig) -> list[int]:
+    """The kept column indices: ``data.columns`` expanded in order (each column once), minus ``data.id_column``."""
+    keep = list(range(len(names)))
+    if cfg.columns is not None:
+        keep = list(dict.fromkeys(i for spec in cfg.columns for i in expand_columns(names, spec)))
+    if cfg.id_column is not None:
+        drop = column_index(names, cfg.id_column, "data.id_column")
+        keep = [i for i in keep if i != drop]
+    if not keep:
+        raise ConfigError("data.columns: no column left to use")
+    return keep
 
 
 def detect_kind(x: np.ndarray) -> str:
@@ -335,36 +436,68 @@ def table_meta(
     return {"columns": names, "kind": kind, "likelihood": likelihood, "normalize": normalize, **stats, **extra}
 
 
-def build_table(cfg: DataConfig, seed: int) -> DataBundle:
-    """The ``table`` source: one numeric table file, rows are samples."""
-    path = data_file(cfg.path, "table", "a .csv/.tsv/.parquet/.npy/.npz/.arff file")
-    names, arr, rows, header = read_table(path, cfg)
 
-    keep = list(range(len(names)))
-    if cfg.columns is not None:
-        keep = [column_index(names, c, "data.columns") for c in cfg.columns]
-    if cfg.id_column is not None:
-        drop = column_index(names, cfg.id_column, "data.id_column")
-        keep = [i for i in keep if i != drop]
-    if not keep:
-        raise ConfigError("data.columns: no column left to use")
-    sel_names = [names[i] for i in keep]
+
+# ------------------------------------------------------------------------------------------- build
+@dataclass
+class TableRows:
+    """One file's kept columns as floats, NaN where a cell is missing."""
+
+    path: Path
+    names: list[str]
+    """The kept columns' names."""
+    x: np.ndarray  # (N, D) float64
+    header: bool
+    keep: list[int]
+    """The kept columns' indices in the file."""
+    width: int
+    """The file's number of columns."""
+
+    def where(self, r: int) -> str:
+        """Row ``r`` as the user finds it: "row 3 (line 4)" when the file has a header line."""
+        return f"row {r + 1}" + (f" (line {r + 2})" if self.header else "")
+
+
+def read_rows(path: Path, cfg: DataConfig, like: TableRows | None = None) -> TableRows:
+    """Reading: the kept columns of ``path`` as floats (the first ``data.num_samples`` rows).
+
+    Args:
+        like: select the same columns as this file (``data.test_path``): by name when both files have a header,
+            else by position (then both files must have as many columns).
+    """
+    names, arr, rows, header = read_table(path, cfg)
+    if like is None:
+        keep = select_columns(names, cfg)
+    elif header and like.header:
+        absent = [n for n in like.names if n not in names]
+        if absent:
+            raise DataError(f"{path}: data.test_path has no column(s) {_shown(absent)} of data.path {like.path.name}")
+        keep = [names.index(n) for n in like.names]
+    elif len(names) != like.width:
+        raise DataError(f"{path}: data.test_path has {len(names)} columns, data.path {like.path.name} {like.width}")
+    else:
+        keep = like.keep
+    sel = [names[i] for i in keep]
     if rows is not None:
-        if cfg.num_samples is not None:
-            rows = rows[: cfg.num_samples]
-        x = _to_float([[r[i] for i in keep] for r in rows], sel_names, path, header)
+        rows = rows[: cfg.num_samples] if cfg.num_samples is not None else rows
+        x = _to_float([[r[i] for i in keep] for r in rows], sel, path, header)
     else:
         x = arr[: cfg.num_samples, keep] if cfg.num_samples is not None else arr[:, keep]
     if len(x) == 0:
         raise DataError(f"{path}: no data rows")
+    return TableRows(path, sel, x, header, keep, len(names))
+
+
+def check_values(t: TableRows, cfg: DataConfig) -> None:
+    """Validating: no infinite value; every observed value of ``data.kind`` when it is binary/count; missing
+    cells only with ``data.impute``. DataError naming file, row and column."""
+    x, missing = t.x, np.isnan(t.x)
     if np.isinf(x).any():
         r, c = map(int, np.argwhere(np.isinf(x))[0])
-        raise DataError(f"{path}: row {r + 1}, column {sel_names[c]!r}: infinite value")
-
-    tr, va, te = (i.numpy() for i in split_three(len(x), cfg.split, cfg.val_fraction, seed))
-    missing = np.isnan(x)
-    # the kind of the observed values (before imputation: a mean-filled count column is still counts)
-    kind = detect_kind(x) if cfg.kind == "auto" else cfg.kind
+        raise DataError(
+            f"{t.path}: {t.where(r)}, column {t.names[c]!r}: infinite value ({int(np.isinf(x).sum())} in all); "
+            "non-finite values are refused (a missing cell is empty, NA or ?)"
+        )
     if cfg.kind in ("binary", "count"):
         with np.errstate(invalid="ignore"):
             bad = ~np.isin(x, (0.0, 1.0)) if cfg.kind == "binary" else (x < 0) | (x != np.round(x))
@@ -372,61 +505,139 @@ def build_table(cfg: DataConfig, seed: int) -> DataBundle:
         if bad.any():
             r, c = map(int, np.argwhere(bad)[0])
             raise DataError(
-                f"{path}: row {r + 1}, column {sel_names[c]!r}: {x[r, c]:g} is not a {cfg.kind} value "
+                f"{t.path}: row {r + 1}, column {t.names[c]!r}: {x[r, c]:g} is not a {cfg.kind} value "
                 "(data.kind=auto detects the kind)"
             )
-    extra: dict[str, Any] = {"file": str(path), "rows": len(x)}
-    if missing.any():
-        if cfg.impute == "none":
-            r, c = map(int, np.argwhere(missing)[0])
-            where = f"row {r + 1}" + (f" (line {r + 2})" if header else "")
+    if missing.any() and cfg.impute == "none":
+        r, c = map(int, np.argwhere(missing)[0])
+        raise DataError(
+            f"{t.path}: {t.where(r)}, column {t.names[c]!r}: missing value ({int(missing.sum())} missing cells in "
+            "all; set data.impute=mean or data.impute=zero, or leave the column out with data.columns)"
+        )
+
+
+def impute(tables: list[TableRows], train: np.ndarray, cfg: DataConfig) -> dict[str, Any]:
+    """Fill missing cells of every table with ``data.impute``'s value fitted on ``tables[0].x[train]``.
+
+    Returns:
+        what was done, for ``info.meta`` (empty when nothing was missing).
+    """
+    n_missing = sum(int(np.isnan(t.x).sum()) for t in tables)
+    if not n_missing:
+        return {}
+    main = tables[0]
+    if cfg.impute == "mean":
+        with warnings.catch_warnings():  # an all-missing column: reported below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fill = np.nanmean(main.x[train], axis=0) if len(train) else np.full(main.x.shape[1], np.nan)
+        empty = np.isnan(fill)
+        if empty.any():
             raise DataError(
-                f"{path}: {where}, column {sel_names[c]!r}: missing value ({int(missing.sum())} missing cells in "
-                "all; set data.impute=mean or data.impute=zero, or leave the column out with data.columns)"
+                f"{main.path}: column {main.names[int(np.argmax(empty))]!r} has no value in the training split "
+                "(cannot impute its mean; use data.impute=zero or drop it with data.columns)"
             )
-        if cfg.impute == "mean":
-            with warnings.catch_warnings():  # an all-missing column: reported below
-                warnings.simplefilter("ignore", RuntimeWarning)
-                fill = np.nanmean(x[tr], axis=0)
-            empty = np.isnan(fill)
-            if empty.any():
-                raise DataError(
-                    f"{path}: column {sel_names[int(np.argmax(empty))]!r} has no value in the training split "
-                    "(cannot impute its mean; use data.impute=zero or drop it with data.columns)"
-                )
-        else:
-            fill = np.zeros(x.shape[1])
-        x = np.where(missing, fill[None, :], x)
-        extra["impute"] = cfg.impute
-        extra["imputed_cells"] = int(missing.sum())
-        extra["impute_values"] = [float(v) for v in fill]
+    else:
+        fill = np.zeros(main.x.shape[1])
+    for t in tables:
+        t.x = np.where(np.isnan(t.x), fill[None, :], t.x)
+    return {"impute": cfg.impute, "imputed_cells": n_missing, "impute_values": [float(v) for v in fill]}
 
-    stats: dict[str, list[float]] = {}
-    if cfg.normalize == "standard":
-        mean, std = x[tr].mean(axis=0), x[tr].std(axis=0)
-        std = np.where(std > 0, std, 1.0)
-        x = (x - mean) / std
-        stats = {"mean": mean.tolist(), "std": std.tolist()}
-    elif cfg.normalize == "minmax":
-        lo, hi = x[tr].min(axis=0), x[tr].max(axis=0)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        x = (x - lo) / span
-        stats = {"min": lo.tolist(), "max": hi.tolist()}
 
-    xt = torch.from_numpy(x.astype(np.float32))
-    train, val = ArraySource(xt[tr]), ArraySource(xt[va])
-    test = ArraySource(xt[te]) if len(te) else None
-    shape = (x.shape[1],)
-    lo, hi = float(xt[tr].min()), float(xt[tr].max())
+def table_layout(cfg: DataConfig, width: int) -> tuple[str, tuple[int, ...]]:
+    """(modality, per-sample shape): ``tabular (D,)``, or with ``data.shape`` an image (C, H, W) / a clip."""
+    if cfg.shape is None:
+        return "tabular", (width,)
+    shape = tuple(cfg.shape) if len(cfg.shape) != 2 else (1, *cfg.shape)
+    if math.prod(shape) != width:
+        raise ConfigError(
+            f"data.shape: {list(cfg.shape)} holds {math.prod(shape)} values per row, but {width} columns are kept "
+            "(choose the pixel columns with data.columns, e.g. \"1:\" to leave out a first label column)"
+        )
+    return ("image" if len(shape) == 3 else "video"), shape
+
+
+def _check_unit_range(tables: list[TableRows], cfg: DataConfig) -> None:
+    lo = min(float(t.x.min()) for t in tables)
+    hi = max(float(t.x.max()) for t in tables)
+    if lo < 0.0 or hi > 1.0:
+        raise ConfigError(
+            f"data.shape: images need values in [0, 1], {tables[0].path.name} has [{lo:g}, {hi:g}] after scaling; "
+            f"set data.scale={hi:g} (every value divided by it) or data.normalize=minmax"
+        )
+
+
+def build_table(cfg: DataConfig, seed: int) -> DataBundle:
+    """The ``table`` source: one numeric table file (plus ``data.test_path``), rows are samples."""
+    path = data_file(cfg.path, "table", "a .csv/.tsv/.parquet/.npy/.npz/.arff file (.csv.gz/.tsv.gz too)")
+    if cfg.test_path is not None and cfg.split is not None and cfg.split[2] > 0:
+        raise ConfigError("data.test_path: the test split is that file; set data.split's test share to 0")
+    # reading
+    tables = [read_rows(path, cfg)]
+    if cfg.test_path is not None:
+        tables.append(read_rows(data_file(cfg.test_path, "table", "the test file"), cfg, like=tables[0]))
+    main = tables[0]
+    modality, shape = table_layout(cfg, main.x.shape[1])
+    # validating
+    for t in tables:
+        check_values(t, cfg)
+    # the kind of the observed values (before imputation: a mean-filled count column is still counts)
+    kind = detect_kind(main.x) if cfg.kind == "auto" else cfg.kind
+    # assembling: split, then everything fitted on the training split only
+    tr, va, te = (i.numpy() for i in split_three(len(main.x), cfg.split, cfg.val_fraction, seed))
+    if len(tr) == 0 and cfg.normalize != "none":
+        raise ConfigError(f"data.normalize={cfg.normalize}: needs training rows (data.split's train share is 0)")
+    extra: dict[str, Any] = {"file": str(path), "rows": len(main.x), **impute(tables, tr, cfg)}
+    if cfg.scale is not None:
+        for t in tables:
+            t.x = t.x / cfg.scale
+        extra["scale"] = cfg.scale
+    stats, apply = fit_normalize(main.x, tr, cfg.normalize)
+    for t in tables:
+        t.x = apply(t.x)
+    if modality != "tabular":
+        _check_unit_range(tables, cfg)
+    xt = torch.from_numpy(main.x.astype(np.float32)).view(-1, *shape)  # (N, *shape)
+    train, val, test = three_sources(xt, tr, va, te)
+    if cfg.test_path is not None:
+        test = ArraySource(torch.from_numpy(tables[1].x.astype(np.float32)).view(-1, *shape))
+        extra["test_file"] = str(cfg.test_path)
+    return _table_bundle(cfg, path, train, val, test, kind, modality, shape, stats, extra, main.names)
+
+
+def _table_bundle(
+    cfg: DataConfig,
+    path: Path,
+    train: ArraySource,
+    val: ArraySource,
+    test: ArraySource | None,
+    kind: str,
+    modality: str,
+    shape: tuple[int, ...],
+    stats: dict[str, list[float]],
+    extra: dict[str, Any],
+    names: list[str],
+) -> DataBundle:
+    n_test = len(test) if test is not None else 0
+    if modality == "tabular":
+        fit = train.x if len(train) else val.x if len(val) else test.x  # type: ignore[union-attr]
+        value_range = (float(fit.min()), float(fit.max()))
+    else:
+        value_range = (0.0, 1.0)
+    meta = table_meta(names, kind, cfg.normalize, stats, extra)
+    if modality != "tabular":  # images/clips from pixel columns: the image default likelihood (loss.recon) applies
+        meta.pop("likelihood")
+        meta["shape"] = list(shape)
     note = f"{path.name}, {kind}" + (f", {cfg.normalize}-normalised" if cfg.normalize != "none" else "")
+    note += f", scaled by 1/{cfg.scale:g}" if cfg.scale is not None else ""
+    note += f", rows as {modality}s {tuple(shape)}" if modality != "tabular" else ""
     info = DataInfo(
-        modality="tabular",
+        modality=modality,  # type: ignore[arg-type]
         shape=shape,
-        n_train=len(tr),
-        n_val=len(va),
-        n_test=len(te),
-        value_range=(lo, hi),
-        description=describe("table", len(tr), len(va), shape, note, len(te)),
-        meta=table_meta(sel_names, kind, cfg.normalize, stats, extra),
+        n_train=len(train),
+        n_val=len(val),
+        n_test=n_test,
+        value_range=value_range,
+        description=describe("table", len(train), len(val), shape, note, n_test),
+        meta=meta,
     )
     return DataBundle(train, val, info, test)

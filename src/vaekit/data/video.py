@@ -35,9 +35,9 @@ from vaekit.data.base import (
     match_channels,
     split_three,
 )
+from vaekit.data.common import data_dir, probe_all
 from vaekit.data.images import IMAGE_EXTENSIONS, load_image, resize_and_crop, to_tensor
 from vaekit.data.shapes import FACTOR_NAMES, FACTOR_VALUES, positions, render
-from vaekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -382,37 +382,10 @@ def scan_videos(root: Path) -> tuple[list[Path], list[tuple[Path, tuple[Path, ..
     return files, folders
 
 
-def build_video_folder(cfg: DataConfig, seed: int) -> DataBundle:
-    """The ``video_folder`` source: video files and frame folders under ``data.path`` (recursive), streamed as
-    clips of ``data.frames`` frames ``data.frame_stride`` apart at ``data.image_size`` (default 64)."""
-    if not cfg.path:
-        raise ConfigError(
-            "data.path: required for data.source=video_folder (a directory of .mp4/.avi/.mkv/.webm/.mov files "
-            "or of frame folders)"
-        )
-    root = Path(cfg.path)
-    if not root.is_dir():
-        raise DataError(f"{root}: data.path is not a directory")
-    files, folders = scan_videos(root)
-    if not files and not folders:
-        raise DataError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) or frame folders found")
-    size = cfg.image_size or 64
-    channels = cfg.channels or 3
-    videos: list[VideoItem] = []
-    errors: list[str] = []
-    for path in files:
-        try:
-            videos.append(probe_video(path))
-        except DataError as err:
-            if cfg.on_error == "raise":
-                raise DataError(f"{err} (set data.on_error=skip to skip unreadable files)") from None
-            errors.append(str(err))
-    videos += [VideoItem(d, len(imgs), None, imgs) for d, imgs in folders]
-    if errors:
-        logger.warning("skipped %d unreadable video(s) (data.on_error=skip): %s", len(errors), "; ".join(errors[:5]))
-
-    span = (cfg.frames - 1) * cfg.frame_stride + 1
-    window = cfg.frames * cfg.frame_stride
+def clip_slots(videos: list[VideoItem], frames: int, stride: int) -> tuple[list[tuple[int, int]], list[str]]:
+    """(video index, first frame) of every clip slot, and the names of videos too short for one clip."""
+    span = (frames - 1) * stride + 1
+    window = frames * stride
     slots: list[tuple[int, int]] = []
     too_short = []
     for v, video in enumerate(videos):
@@ -420,31 +393,37 @@ def build_video_folder(cfg: DataConfig, seed: int) -> DataBundle:
             too_short.append(video.path.name)
             continue
         slots += [(v, k * window) for k in range(max(1, video.frames // window))]
+    return slots, too_short
+
+
+def build_video_folder(cfg: DataConfig, seed: int) -> DataBundle:
+    """The ``video_folder`` source: video files and frame folders under ``data.path`` (recursive), streamed as
+    clips of ``data.frames`` frames ``data.frame_stride`` apart at ``data.image_size`` (default 64)."""
+    root = data_dir(cfg.path, "video_folder", "a directory of .mp4/.avi/.mkv/.webm/.mov files or of frame folders")
+    files, folders = scan_videos(root)
+    if not files and not folders:
+        raise DataError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) or frame folders found")
+    size = cfg.image_size or 64
+    channels = cfg.channels or 3
+    # reading and validating: every video's header (frame folders count their files)
+    videos, errors = probe_all(files, probe_video, cfg.on_error, "video(s)")
+    videos += [VideoItem(d, len(imgs), None, imgs) for d, imgs in folders]
+    slots, too_short = clip_slots(videos, cfg.frames, cfg.frame_stride)
     if not slots:
+        span = (cfg.frames - 1) * cfg.frame_stride + 1
         raise DataError(
             f"{root}: no video has {span} frames (data.frames={cfg.frames} × data.frame_stride={cfg.frame_stride})"
         )
-    if cfg.num_samples:
-        slots = slots[: cfg.num_samples]
+    slots = slots[: cfg.num_samples] if cfg.num_samples else slots
+    # assembling: a seeded split over clip slots
     tr, va, te = split_three(len(slots), cfg.split, cfg.val_fraction, seed)
-    skip = cfg.on_error == "skip"
 
     def source(idx: Tensor, train: bool) -> VideoClipSource:
-        return VideoClipSource(
-            videos,
-            [slots[i] for i in idx.tolist()],
-            cfg.frames,
-            cfg.frame_stride,
-            size,
-            channels,
-            random_start=train,
-            seed=seed,
-            skip_errors=skip,
-        )
+        return VideoClipSource(videos, [slots[i] for i in idx.tolist()], cfg.frames, cfg.frame_stride, size,
+                               channels, random_start=train, seed=seed, skip_errors=cfg.on_error == "skip")
 
     train, val = source(tr, True), source(va, False)
     test = source(te, False) if len(te) else None
-    fps = sorted({round(v.fps, 3) for v in videos if v.fps})
     meta = {
         "frames": cfg.frames,
         "frame_stride": cfg.frame_stride,
@@ -452,7 +431,7 @@ def build_video_folder(cfg: DataConfig, seed: int) -> DataBundle:
         "channels": channels,
         "videos": len(videos),
         "frame_folders": len(folders),
-        "fps": fps,
+        "fps": sorted({round(v.fps, 3) for v in videos if v.fps}),
         "clips": len(slots),
         "too_short": too_short,
     }

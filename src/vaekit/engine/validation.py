@@ -18,7 +18,14 @@ from torch import nn
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.state import Meter, TrainState
 from vaekit.objectives import kl_per_element, likelihood_mean
-from vaekit.tracking.media import recon_grid, sample_grid, spectrogram_image, write_mp4, write_wav
+from vaekit.tracking.media import (
+    prune_samples,
+    recon_grid,
+    sample_grid,
+    spectrogram_image,
+    write_mp4,
+    write_wav,
+)
 
 
 def _num_samples(loader: Any) -> int:
@@ -174,7 +181,8 @@ class Validator:
             prior = likelihood_mean(kind, model.sample(n, generator=gen, input_shape=tuple(x.shape[1:]))).float()
         model.train(was_training)
         modality = plan.data.info.modality
-        stem = f"{safe_name(plan.name)}_{plan.index:03d}_{state.epoch:03d}_{state.step:06d}"
+        prefix = f"{safe_name(plan.name)}_{plan.index:03d}_"
+        stem = f"{prefix}{state.epoch:03d}_{state.step:06d}"
         from torchvision.utils import save_image
 
         folder = self.run_dir / "samples"
@@ -197,3 +205,4 @@ class Validator:
             fps = meta.get("fps")
             fps = fps[0] if isinstance(fps, list | tuple) and fps else fps
             write_mp4(folder / f"{stem}-recon.mp4", pair, float(fps) if isinstance(fps, int | float) and fps > 0 else 8.0)
+        prune_samples(folder, prefix, cfg.log.keep_samples)  # only the last few validations of this stage

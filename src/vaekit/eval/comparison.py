@@ -55,10 +55,11 @@ def compare(
         out_dir: when given, writes ``compare.json``, ``compare.md`` (a markdown table) and ``compare.png``.
         names: column names (default: run directory names, made unique).
         **kwargs: ``device``, ``lpips_net``, ``lpips_pretrained``, ``lpips_weights``, ``fid_feature``,
-            ``fid_weights`` as in `evaluate`.
+            ``fid_weights``, ``progress`` as in `evaluate`.
 
     Returns:
-        ``{"models": [names], "results": {name: evaluate's dict}, "data", "split", "seed"}`` (+ ``files``).
+        ``{"models": [names], "results": {name: evaluate's dict}, "data", "split", "seed", "notes"}``
+        (+ ``files``); ``notes`` says what the numbers cannot tell (e.g. −ELBOs under different likelihoods).
 
     Raises:
         ConfigError: models with different modality, channels or (fixed) size, naming both.
@@ -72,6 +73,7 @@ def compare(
     _check_compatible(loaded)
     eval_data = resolve_data(data, loaded[0], split)
     device = kwargs.pop("device", None)
+    progress = kwargs.pop("progress", False)
     opts = options(**kwargs)
     results, artifacts = {}, {}
     for item in loaded:
@@ -84,25 +86,42 @@ def compare(
             name=item.name,
             source=item.source,
             step=item.step,
-            split=split,
+            split=eval_data.split or split,
             batches=batches,
             batch_size=batch_size,
             metrics=metrics,
             seed=seed,
             k=k,
             opts=opts,
+            progress=progress,
         )
-    out = {"models": labels, "results": results, "data": eval_data.description, "split": split, "seed": seed}
+    out = {"models": labels, "results": results, "data": eval_data.description, "split": eval_data.split or split,
+           "seed": seed, "notes": comparison_notes(results, eval_data.note)}
     if out_dir is not None:
         from vaekit.eval.figures import comparison_figure
 
         directory = Path(out_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "compare.md").write_text(markdown_table(results) + "\n")
+        notes = "".join(f"\n> note: {n}\n" for n in out["notes"])
+        (directory / "compare.md").write_text(markdown_table(results) + "\n" + notes)
         comparison_figure(artifacts, results, directory / "compare.png")
         out["files"] = [str(directory / n) for n in ("compare.json", "compare.md", "compare.png")]
         (directory / "compare.json").write_text(json.dumps(out, indent=1))
     return out
+
+
+def comparison_notes(results: Mapping[str, Mapping[str, Any]], data_note: str | None = None) -> list[str]:
+    """What a reader of the comparison must know: models under different likelihoods (their −ELBO / IWAE
+    values are log-likelihoods of different models of the data: not comparable), and the data's own note."""
+    notes = [data_note] if data_note else []
+    kinds = {name: r.get("recon") for name, r in results.items()}
+    if len(set(kinds.values())) > 1:
+        shown = ", ".join(f"{n}: {k}" for n, k in kinds.items())
+        notes.append(
+            f"the models use different likelihoods ({shown}); their neg_elbo / iwae_nll are not comparable "
+            "(compare mse, psnr, ssim or other likelihood-free metrics instead)"
+        )
+    return notes
 
 
 def _unique(names: list[str]) -> list[str]:

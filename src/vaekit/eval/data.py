@@ -29,6 +29,11 @@ class EvalData:
     description: str = ""
     factor_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None
+    """The split evaluated (bundles and configs): ``auto`` resolved, ``all`` when an empty split fell back to
+    every sample; None for data given directly."""
+    note: str | None = None
+    """Something the user must be told about this data (an empty split replaced by all samples)."""
 
     def __len__(self) -> int:
         return len(self.source)
@@ -67,13 +72,37 @@ def _from_tensor(x: Any, y: Any = None, description: str = "tensor") -> EvalData
 
 
 def from_bundle(bundle: Any, split: str) -> EvalData:
+    """The ``split`` of ``bundle``; ``auto``: the test split when the bundle has a non-empty one, else val."""
+    if split == "auto":
+        split = "test" if bundle.test is not None and len(bundle.test) else "val"
     source = {"train": bundle.train, "val": bundle.val, "test": bundle.test}.get(split)
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split {split}: choose train, val or test")
     if source is None:
         raise ConfigError(f"--split test: {bundle.info.description or 'this data source'} has no test split")
     info = bundle.info
-    return EvalData(source, info.modality, tuple(info.shape), info.description, info.factor_names, info.meta)
+    return EvalData(source, info.modality, tuple(info.shape), info.description, info.factor_names, info.meta, split)
+
+
+def _whole(bundle: Any, split: str) -> EvalData:
+    """Every sample of ``bundle`` (train, val and test together), with a note saying that ``split`` was empty."""
+    from torch.utils.data import ConcatDataset
+
+    from vaekit.data import ArraySource
+
+    parts = [s for s in (bundle.train, bundle.val, bundle.test) if s is not None and len(s)]
+    if not parts:
+        raise ConfigError(f"evaluate: no samples in {bundle.info.description or 'the data'}")
+    if all(isinstance(p, ArraySource) for p in parts):
+        ys = [p.y for p in parts]
+        y = torch.cat(ys) if all(v is not None for v in ys) else None
+        source: Any = ArraySource(torch.cat([p.x for p in parts]), y)
+    else:
+        source = ConcatDataset(parts)
+    info = bundle.info
+    note = f"the {split} split is empty; evaluating on all {len(source)} samples of the data"
+    return EvalData(source, info.modality, tuple(info.shape), info.description, info.factor_names, info.meta,
+                    "all", note)
 
 
 def _from_config(cfg: Any, split: str) -> EvalData:
@@ -83,7 +112,38 @@ def _from_config(cfg: Any, split: str) -> EvalData:
         raise ConfigError(
             "evaluate: the run was trained on in-memory arrays (data.source=tensor); pass data=<tensor or bundle>"
         )
-    return from_bundle(build_data(cfg.data, cfg.run.seed), split)
+    bundle = build_data(cfg.data, cfg.run.seed)
+    data = from_bundle(bundle, split)
+    return data if len(data) else _whole(bundle, data.split or split)
+
+
+WHOLE_SOURCES = {"image_folder", "audio_folder", "video_folder"}
+"""Sources whose ``data.path`` given on the command line is used whole (every file is evaluated)."""
+_EXTENSIONS = {
+    "image_folder": {".png", ".jpg", ".jpeg", ".webp", ".bmp"},
+    "audio_folder": {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff"},
+    "video_folder": {".mp4", ".avi", ".mkv", ".webm", ".mov"},
+}
+
+
+def path_overrides(path: Path, cfg: Any, model: nn.Module | None) -> list[str]:
+    """Dotted overrides that evaluate the data at ``path`` (a file or folder named on the command line) with the
+    run's config ``cfg``: ``data.path``; an image/audio/video file or folder is used whole (``data.split=[0,1,0]``,
+    and a single file becomes its own folder source), at the size and channels the model was built for."""
+    source = cfg.data.source
+    ext = path.suffix.lower()
+    guessed = next((s for s, exts in _EXTENSIONS.items() if ext in exts), None)
+    if guessed is not None or (path.is_dir() and source not in WHOLE_SOURCES | {"table", "tags", "records"}):
+        source = guessed or "image_folder"
+    out = [f"data.source={source}", f"data.path={path}"]
+    if source in WHOLE_SOURCES:
+        out.append("data.split=[0,1,0]")
+        shape = expected_shape(model) if model is not None else None
+        if source == "image_folder" and shape is not None and len(shape) == 3:
+            out += [f"data.image_size={shape[-1]}", f"data.channels={shape[0]}"]
+        if source != cfg.data.source and cfg.data.source not in WHOLE_SOURCES:
+            out.append("data.num_samples=null")
+    return out
 
 
 def resolve_data(data: Any, loaded: Any, split: str) -> EvalData:
@@ -122,7 +182,12 @@ def resolve_data(data: Any, loaded: Any, split: str) -> EvalData:
             )
         return _from_config(load_config(base), split)
     if isinstance(data, str | Path) and "=" not in str(data):
-        return _from_config(load_config(data), split)  # a YAML config file of its own
+        if Path(data).suffix.lower() in (".yaml", ".yml") or base is None:
+            return _from_config(load_config(data), split)  # a YAML config file of its own
+        if not Path(data).exists():
+            raise ConfigError(f"--data {data}: no such file or directory")
+        cfg = load_config(base)
+        data = path_overrides(Path(data), cfg, getattr(loaded, "model", None))
     overrides = [data] if isinstance(data, str) else data  # dotted overrides (list) or section dicts
     return _from_config(load_config(resolve_dict(base, overrides)), split)
 
@@ -140,7 +205,7 @@ def fixed_size(model: nn.Module) -> bool:
 
 
 def describe(shape: tuple[int, ...]) -> str:
-    return f"{_MODALITY_BY_NDIM.get(len(shape) - 1, 'data')} {shape}"
+    return f"{_MODALITY_BY_NDIM.get(len(shape), 'data')} {shape}"  # a per-sample shape: (C, H, W) is an image
 
 
 def check_fits(model: nn.Module, name: str, data: EvalData) -> None:

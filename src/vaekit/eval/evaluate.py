@@ -58,6 +58,7 @@ def evaluate(
     lpips_weights: str | Path | None = None,
     fid_feature: nn.Module | None = None,
     fid_weights: str | Path | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one model on a split, deterministically (same seed, same batches → same numbers).
 
@@ -67,7 +68,9 @@ def evaluate(
             source), a ``Dataset`` of dict batches, a tensor ``(N, ...)``, a tuple ``(x, y)``, a dict
             ``{"x": ..., "y": ...}``, a YAML config path, or dotted overrides applied to the run's config
             (``["data.num_samples=500"]``).
-        split: ``val``, ``test`` or ``train`` (bundles and configs only).
+        split: ``val``, ``test`` or ``train`` (bundles and configs only); ``auto``: the test split when the data
+            has one, else val. An empty split of a config's data is replaced by all of its samples, with a
+            ``note`` in the result saying so.
         batches: evaluate only the first N batches (in order; default all).
         batch_size: samples per batch.
         metrics: names from `ALL_METRICS`; default: those that fit the modality. Defaults that need pretrained
@@ -80,11 +83,13 @@ def evaluate(
         lpips_net, lpips_pretrained, lpips_weights: LPIPS backbone (alex, vgg, squeeze), ``False`` for a random
             trunk (tests only), the torchvision weights file (default: the torch hub cache).
         fid_feature, fid_weights: a feature extractor replacing InceptionV3 / the InceptionV3 weights file.
+        progress: a progress bar over the batches on stderr, then the time each metric took.
 
     Returns:
         A JSON-able dict: ``metrics`` (name → value), ``units``, ``details`` (per-dimension KL, per-channel
         scale/shift factors, per-label F1, per-factor MIG/SAP), ``skipped`` (name → why), the provenance
-        (``model``, ``source``, ``step``, ``split``, ``samples``, ``seed``, ``k``) and ``files`` with ``out_dir``.
+        (``model``, ``source``, ``step``, ``split`` (the one used), ``samples``, ``seed``, ``k``), ``note`` when
+        there is something to tell (an empty split replaced), and ``files`` with ``out_dir``.
     """
     loaded = load_for_eval(model_or_run, checkpoint, ema)
     if device is not None:
@@ -97,14 +102,17 @@ def evaluate(
         name=loaded.name,
         source=loaded.source,
         step=loaded.step,
-        split=split,
+        split=eval_data.split or split,
         batches=batches,
         batch_size=batch_size,
         metrics=metrics,
         seed=seed,
         k=k,
         opts=options(lpips_net, lpips_pretrained, lpips_weights, fid_feature, fid_weights),
+        progress=progress,
     )
+    if eval_data.note:
+        result["note"] = eval_data.note
     if out_dir is not None:
         from vaekit.eval.figures import write_figures
 

@@ -24,6 +24,43 @@ if TYPE_CHECKING:
 
 PAD = 2
 BAR_METRICS = ("neg_elbo", "iwae_nll", "mse", "psnr", "ssim", "lpips", "rfid", "si_sdr", "f1_macro", "mig")
+LOWER_IS_BETTER = {"neg_elbo", "iwae_nll", "mse", "lpips", "rfid"}
+
+
+def clip_rate(meta: Mapping[str, Any], default: int = 8) -> int:
+    """The frame rate to write a clip at: ``data_meta.json``'s ``fps`` (a number, or a ``video_folder``'s list of
+    source rates: the first), rounded to a positive integer; ``default`` when unknown."""
+    fps = meta.get("fps")
+    if isinstance(fps, list | tuple):
+        fps = fps[0] if fps else None
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not np.isfinite(fps) or fps <= 0:
+        return default
+    return max(1, round(fps))
+
+
+def bar_layout(metric: str, values: Sequence[float | None]) -> tuple[tuple[float, float] | None, list[str]]:
+    """How to draw one metric's bars so that differences show.
+
+    Returns:
+        (y limits, or None for an axis from 0; one label per bar: the value and its difference to the best model,
+        "best" for the best). The axis is zoomed (limits around the values) when the values share a sign and
+        differ by less than a fifth of their size, as −ELBOs of similar models do.
+    """
+    vals = [float(v) if v is not None and np.isfinite(v) else None for v in values]
+    known = [v for v in vals if v is not None]
+    if not known:
+        return None, ["n/a" for _ in vals]
+    best = min(known) if metric in LOWER_IS_BETTER else max(known)
+    labels = [
+        "n/a" if v is None else f"{v:.4g} (best)" if v == best else f"{v:.4g} ({v - best:+.3g})" for v in vals
+    ]
+    lo, hi = min(known), max(known)
+    size = max(abs(lo), abs(hi))
+    same_sign = lo > 0 or hi < 0
+    if len(known) < 2 or not same_sign or hi - lo >= 0.2 * size:
+        return None, labels
+    span = max(hi - lo, 1e-3 * size)
+    return (lo - 0.6 * span, hi + 0.4 * span), labels
 
 
 # ------------------------------------------------------------------------------------------ pixel grids
@@ -198,11 +235,18 @@ def comparison_figure(
     ax.set(xlabel="latent dimension", ylabel="KL (nats)", title="KL per dimension")
     ax.legend(fontsize=7)
     for ax, metric in zip(axes[2:], shared, strict=True):
-        ax.bar(range(len(names)), [results[n]["metrics"][metric] or 0.0 for n in names], color="C0")
+        values = [results[n]["metrics"][metric] for n in names]
+        limits, labels = bar_layout(metric, values)
+        bars = ax.bar(range(len(names)), [v if v is not None else 0.0 for v in values], color="C0")
+        ax.bar_label(bars, labels=labels, fontsize=6, padding=1)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, fontsize=7, rotation=20)
         unit = results[names[0]]["units"].get(metric, "")
-        ax.set_title(f"{metric} ({unit})" if unit else metric, fontsize=9)
+        title = f"{metric} ({unit})" if unit else metric
+        if limits is not None:  # similar values: an axis from 0 would hide their differences
+            ax.set_ylim(*limits)
+            title += ", axis zoomed"
+        ax.set_title(title + (", lower is better" if metric in LOWER_IS_BETTER else ""), fontsize=8)
     return _save(fig, path, panels)
 
 
@@ -274,7 +318,7 @@ def write_figures(art: Artifacts, out_dir: Path, seed: int = 0) -> list[Path]:
             files.append(write_wav(out_dir / "audio" / f"{i}-recon.wav", art.recons[i], rate))
     if art.modality == "video":
         files.append(
-            write_video(out_dir / "recon.mp4", art.inputs, art.recons, fps=int(art.meta.get("fps", 8)))
+            write_video(out_dir / "recon.mp4", art.inputs, art.recons, fps=clip_rate(art.meta))
         )
     name = art.factor_names[0] if art.factor_names else None
     files.append(latent_pca(art.means, art.labels, out_dir / "latent_pca.png", name))

@@ -8,7 +8,10 @@ nothing above it (no loading, no api, no pipeline): validation during training r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,19 +53,16 @@ def options(
     }
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+def bar(items: Iterable[Any], progress: bool, desc: str, total: int | None = None) -> Iterable[Any]:
+    """``items`` under a tqdm bar on stderr when ``progress`` (updates every 30 s when stderr is not a terminal,
+    so a log file is not filled with carriage returns); else ``items`` as they are."""
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=True, mininterval=0.1 if interactive else 30.0,
+                dynamic_ncols=True)
 
 
 def _is_binary(x: Tensor) -> bool:
@@ -184,8 +184,9 @@ class _Pass:
     """The accumulators of one pass: per-sample values, posterior statistics and what the figures keep."""
 
     def __init__(self, model: nn.Module, kind: str, data: EvalData, want: set[str], opts: dict[str, Any],
-                 seed: int, k: int, batch_size: int, keep: int) -> None:
+                 seed: int, k: int, batch_size: int, keep: int, name: str = "", progress: bool = False) -> None:
         self.model, self.kind, self.data, self.want = model, kind, data, want
+        self.name, self.progress = name, progress
         self.seed, self.k, self.batch_size, self.keep = seed, k, batch_size, keep
         self.device = device = _device_of(model)
         self.image_like = data.modality in ("image", "video")
@@ -213,42 +214,57 @@ class _Pass:
         self.quantized = bool(getattr(bottleneck, "quantized", False))
         if self.quantized:  # code counts per codebook over the pass
             self.codes = torch.zeros(bottleneck.num_codebooks, bottleneck.codebook_size, dtype=torch.float64)
+        self.seconds: dict[str, float] = {}
+        """Wall time per metric over the pass (``forward``: encoding and decoding), for the progress report."""
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def add(self, name: str, value: Tensor) -> None:
         self.per_sample.setdefault(name, []).append(value.detach().float().cpu())
 
     def update(self, batch: dict[str, Tensor]) -> None:
         """One batch: encode, decode a posterior sample and the posterior mean, then every wanted metric."""
-        model, want, gen = self.model, self.want, self.gen
+        model, want, gen, timed = self.model, self.want, self.gen, self.timed
         x = batch["x"].to(self.device).float()  # (B, ...)
         self.n_batches += 1
-        if self.quantized:
-            mean, x_hat = self._quantized(x)
-            logvar = None
-        else:
-            mean, logvar = model.encode(x)
-            z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen, device=self.device)
-            recon_z, logvar_z = model.decode(z)
-            recon_mu, _ = model.decode(mean)  # reconstruction quality from the posterior mean
-            x_hat = likelihood_mean(self.kind, recon_mu).float()
-            if "rate" in want:  # the KL in bits: what the posterior transmits about x
-                self.add("kl_bits", kl_per_element(mean, logvar).flatten(1).sum(1) / math.log(2))
+        with timed("forward"):
+            if self.quantized:
+                mean, x_hat = self._quantized(x)
+                logvar = None
+            else:
+                mean, logvar = model.encode(x)
+                z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen, device=self.device)
+                recon_z, logvar_z = model.decode(z)
+                recon_mu, _ = model.decode(mean)  # reconstruction quality from the posterior mean
+                x_hat = likelihood_mean(self.kind, recon_mu).float()
+        if "rate" in want and logvar is not None:  # the KL in bits: what the posterior transmits about x
+            self.add("kl_bits", kl_per_element(mean, logvar).flatten(1).sum(1) / math.log(2))
         dims = x[0].numel()
         if "elbo" in want:
-            for name, value in M.elbo_terms(self.kind, recon_z, x, mean, logvar, logvar_z).items():
-                self.add(name, value)
-            self.add("neg_elbo_bpd", M.bits_per_dim(self.per_sample["neg_elbo"][-1], dims))
+            with timed("elbo"):
+                for name, value in M.elbo_terms(self.kind, recon_z, x, mean, logvar, logvar_z).items():
+                    self.add(name, value)
+                self.add("neg_elbo_bpd", M.bits_per_dim(self.per_sample["neg_elbo"][-1], dims))
         if "iwae" in want:
-            nll = M.importance_weighted_nll(model, x, self.k, self.iwae_gen, self.kind)
-            self.add("iwae_nll", nll)
-            self.add("iwae_bpd", M.bits_per_dim(nll, dims))
-        err = M.mse(x_hat, x)
-        self.errors.append(err.cpu())
+            with timed("iwae"):
+                nll = M.importance_weighted_nll(model, x, self.k, self.iwae_gen, self.kind)
+                self.add("iwae_nll", nll)
+                self.add("iwae_bpd", M.bits_per_dim(nll, dims))
+        with timed("mse"):
+            err = M.mse(x_hat, x)
+            self.errors.append(err.cpu())
         if "mse" in want:
             self.add("mse", err)
         if "mi" in want and len(x) > 1:  # the minibatch estimator, averaged over batches (weighted by size)
-            self.mi_sum += M.mutual_information(mean, logvar, gen) * len(x)
-            self.count += len(x)
+            with timed("mi"):
+                self.mi_sum += M.mutual_information(mean, logvar, gen) * len(x)
+                self.count += len(x)
         if "scale_shift" in want:
             self.moments.update(z if logvar is not None else mean)
         self.means.append(mean.float().cpu())
@@ -284,29 +300,27 @@ class _Pass:
 
     def _per_modality(self, x: Tensor, x_hat: Tensor) -> None:
         """The image, audio and tag metrics of one batch."""
-        want, add = self.want, self.add
+        want, add, timed = self.want, self.add, self.timed
         if self.image_like:
             pred, target = x_hat.clamp(0, 1), x.clamp(0, 1)
-            if "psnr" in want:
-                add("psnr", M.psnr(pred, target))
-            if "ssim" in want:
-                add("ssim", M.ssim(pred, target))
-            if "ms_ssim" in want:
-                add("ms_ssim", M.ms_ssim(pred, target))
+            for name, fn in (("psnr", M.psnr), ("ssim", M.ssim), ("ms_ssim", M.ms_ssim)):
+                if name in want:
+                    with timed(name):
+                        add(name, fn(pred, target))
             if self.lpips is not None:
-                add("lpips", M.lpips_distance(pred, target, self.lpips))
+                with timed("lpips"):
+                    add("lpips", M.lpips_distance(pred, target, self.lpips))
             if self.fid is not None:
-                M.fid_update(self.fid, target, real=True)
-                if "rfid" in want:
-                    M.fid_update(self.fid, pred, real=False)
+                with timed("rfid" if "rfid" in want else "fid"):
+                    M.fid_update(self.fid, target, real=True)
+                    if "rfid" in want:
+                        M.fid_update(self.fid, pred, real=False)
         if self.data.modality == "audio":
             pred = x_hat.clamp(-1, 1)
-            if "si_sdr" in want:
-                add("si_sdr", M.si_sdr(pred, x))
-            if "mrstft" in want:
-                add("mrstft", M.mrstft_distance(pred, x))
-            if "lsd" in want:
-                add("lsd", M.log_spectral_distance(pred, x))
+            for name, fn in (("si_sdr", M.si_sdr), ("mrstft", M.mrstft_distance), ("lsd", M.log_spectral_distance)):
+                if name in want:
+                    with timed(name):
+                        add(name, fn(pred, x))
         if "tags" in want:
             self.probs.append(x_hat.clamp(0, 1).flatten(1).cpu())
             self.targets.append(x.flatten(1).cpu())
@@ -348,7 +362,8 @@ class _Pass:
         if self.fid is not None:
             self._fid(out)
         if "tags" in want:
-            scores = M.multilabel_scores(torch.cat(self.probs), torch.cat(self.targets))
+            with self.timed("tags"):
+                scores = M.multilabel_scores(torch.cat(self.probs), torch.cat(self.targets))
             details["f1_per_label"] = scores.pop("f1_per_label")
             out.update(scores)
         self.y_all = torch.cat(self.labels) if self.labels else None
@@ -360,17 +375,20 @@ class _Pass:
         """rFID (reconstructions) and FID (prior samples), both against the real images of the pass."""
         fid = self.fid
         if "rfid" in self.want:
-            out["rfid"] = float(fid.compute())
+            with self.timed("rfid"):
+                out["rfid"] = float(fid.compute())
         if "fid" in self.want:  # prior samples against the same real images
             fid.reset()
             prior = torch.Generator(self.device).manual_seed(self.seed + 2)
             n_real = int(fid.real_features_num_samples)
             frames = self.data.shape[1] if self.data.modality == "video" else 1
-            for start in range(0, n_real // frames, self.batch_size):
-                n = min(self.batch_size, n_real // frames - start)
-                sample = likelihood_mean(self.kind, self.model.sample(n, generator=prior, input_shape=self.data.shape))
-                M.fid_update(fid, sample.float().clamp(0, 1), real=False)
-            out["fid"] = float(fid.compute())
+            starts = range(0, n_real // frames, self.batch_size)
+            with self.timed("fid"):
+                for start in bar(starts, self.progress, f"{self.name}: fid prior samples"):
+                    n = min(self.batch_size, n_real // frames - start)
+                    sample = self.model.sample(n, generator=prior, input_shape=self.data.shape)
+                    M.fid_update(fid, likelihood_mean(self.kind, sample).float().clamp(0, 1), real=False)
+                out["fid"] = float(fid.compute())
 
     def _factors(self, out: dict[str, float], details: dict[str, Any]) -> None:
         """MIG and SAP of the posterior means against the labels / generative factors."""
@@ -378,7 +396,8 @@ class _Pass:
         names = self.data.factor_names or [f"y{i}" for i in range(y_all.reshape(len(y_all), -1).shape[1])]
         for metric, score in (("mig", M.mig), ("sap", M.sap)):
             if metric in self.want:
-                result = score(self.all_means.numpy(), y_all.numpy())
+                with self.timed(metric):
+                    result = score(self.all_means.numpy(), y_all.numpy())
                 out[metric] = result[metric]
                 details[f"{metric}_per_factor"] = dict(zip(names, result[f"{metric}_per_factor"], strict=False))
 
@@ -413,6 +432,7 @@ def measure(
     k: int,
     opts: dict[str, Any] | None = None,
     keep: int = 8,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], Artifacts]:
     """One deterministic pass of ``model`` over ``data`` (same seed, same batches → same numbers).
 
@@ -421,6 +441,8 @@ def measure(
         data: the samples, in order. name, source, step: the provenance written into the result.
         opts: see `options` (default: LPIPS alex with pretrained weights, InceptionV3 for FID).
         keep: inputs and reconstructions kept for the figures.
+        progress: a progress bar over the batches (and FID's prior samples) on stderr, then one line with the
+            time each metric took.
 
     Returns:
         evaluate's JSON-able dict (see `vaekit.eval.evaluate.evaluate`) and the `Artifacts` for the figures.
@@ -430,14 +452,21 @@ def measure(
     if kind is None:
         raise ModelProtocolError(f"evaluate: {name} has no recon_kind (the likelihood: bce, mse, ...)")
     opts = options() if opts is None else opts
-    first = next(data.batches(batch_size, 1))
+    first = next(data.batches(batch_size, 1), None)
+    if first is None:
+        raise ConfigError(f"evaluate: the data has no samples ({data.description or 'empty split'})")
     vector_latent = model.encode(first["x"][:1].to(_device_of(model)))[0].dim() == 2
     quantized = bool(getattr(getattr(model, "bottleneck", None), "quantized", False))
     want, skipped = choose_metrics(metrics, data, first, vector_latent, opts, quantized)
-    run = _Pass(model, kind, data, want, opts, seed, k, batch_size, keep)
-    for batch in data.batches(batch_size, batches):
+    run = _Pass(model, kind, data, want, opts, seed, k, batch_size, keep, name, progress)
+    total = math.ceil(len(data) / batch_size)
+    total = total if batches is None else min(total, batches)
+    for batch in bar(data.batches(batch_size, batches), progress, f"{name}: {split}", total):
         run.update(batch)
     out, details = run.finish()
+    if progress:
+        took = ", ".join(f"{m} {t:.2f} s" for m, t in sorted(run.seconds.items(), key=lambda kv: -kv[1]))
+        print(f"{name}: time per metric: {took}", file=sys.stderr, flush=True)
     order = [metric for metric in UNITS if metric in out]
     result = {
         "model": name,

@@ -79,6 +79,11 @@ def loaders(rt: Runtime, cfg: VaekitConfig, data: DataBundle) -> tuple[Any, Any]
             "train.drop_last: false is not supported with several processes (a partial last batch would "
             "split unevenly across them); keep the default true"
         )
+    if data.info.n_train == 0 and cfg.data.split is not None and cfg.data.split[0] == 0:
+        raise ConfigError(
+            f"data.split: {cfg.data.split} leaves no training data (a train share of 0 is for evaluation only: "
+            "vaekit eval / compare); give training a share, e.g. [0.8, 0.1, 0.1]"
+        )
     train_loader, val_loader = batches(rt, data.train, cfg, train=True), batches(rt, data.val, cfg, train=False)
     if len(train_loader) == 0:
         batch = cfg.train.batch_size

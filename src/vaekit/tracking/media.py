@@ -1,8 +1,9 @@
 """Pictures and media of what the model does, for every modality and any sample shape.
 
 Grids: `recon_grid` (inputs beside their reconstructions) and `sample_grid` (prior samples) turn images, video
-(one row of frames per clip, any frame count), audio (a waveform strip per clip, any length) and tables (each
-row a near-square block of cells, any width D) into one ``(3, H, W)`` image in [0, 1].
+(one row of frames per clip, any frame count), audio (a waveform strip per clip, any length) and tables (one
+horizontal strip per row, a cell per column, any width D: `table_strips`) into one ``(3, H, W)`` image in [0, 1].
+`prune_samples` keeps the sample files of the last few validations of a stage (``log.keep_samples``).
 
 Files: `write_wav` (16-bit PCM), `write_mp4` (H.264 through PyAV, MPEG-4 Part 2 when no H.264 encoder is built
 in) and `spectrogram_image` (a log-magnitude STFT as a coloured ``(3, H, W)`` image) for audio and video samples.
@@ -11,12 +12,35 @@ in) and `spectrogram_image` (a log-magnitude STFT as a coloured ``(3, H, W)`` im
 from __future__ import annotations
 
 import math
+import re
 import wave as wave_module
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.utils import make_grid
+
+
+# ------------------------------------------------------------------------------------------- pruning
+def prune_samples(folder: Path, prefix: str, keep: int | None) -> list[Path]:
+    """Delete the files of all but the newest ``keep`` validations of one stage in ``folder``.
+
+    Sample files are named ``{prefix}{epoch}_{step}-{what}.{ext}`` (``prefix`` = ``{stage}_{index}_``); the step
+    orders them. None keeps everything. Returns the deleted files.
+    """
+    if keep is None or not folder.is_dir():
+        return []
+    pattern = re.compile(re.escape(prefix) + r"\d+_(\d+)-")
+    by_step: dict[int, list[Path]] = {}
+    for path in folder.iterdir():
+        m = pattern.match(path.name)
+        if m and path.is_file():
+            by_step.setdefault(int(m.group(1)), []).append(path)
+    old = sorted(by_step)[:-keep] if len(by_step) > keep else []
+    deleted = [p for step in old for p in by_step[step]]
+    for path in deleted:
+        path.unlink(missing_ok=True)
+    return deleted
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -30,22 +54,7 @@ def _to_image_batch(x: torch.Tensor, modality: str, max_frames: int = 8) -> tupl
         return frames.reshape(-1, *frames.shape[2:]).clamp(0, 1), len(idx)
     if modality == "audio":  # (B, C, L) → waveform as a strip image
         return _waveform_images(x), 1
-    if modality == "tabular":  # (B, D) → each row a near-square block of cells
-        return _table_images(x.reshape(x.shape[0], -1)), 1
     return x.clamp(0, 1), 1
-
-
-def _table_images(x: torch.Tensor) -> torch.Tensor:
-    """(B, D) → (B, 1, h, w) with w = ceil(√D), h = ceil(D / w); padding cells are 0, values scaled to [0, 1]."""
-    b, d = x.shape
-    w = max(1, math.ceil(math.sqrt(d)))
-    h = max(1, math.ceil(d / w))
-    flat = torch.nn.functional.pad(x, (0, h * w - d))
-    lo, hi = x.min() if x.numel() else 0.0, x.max() if x.numel() else 1.0
-    flat = (flat - lo) / (hi - lo + 1e-8)
-    if h * w > d:
-        flat[:, d:] = 0.0
-    return flat.reshape(b, 1, h, w).clamp(0, 1)
 
 
 def _waveform_images(x: torch.Tensor, height: int = 48, width: int = 256) -> torch.Tensor:
@@ -59,8 +68,45 @@ def _waveform_images(x: torch.Tensor, height: int = 48, width: int = 256) -> tor
     return img.float().view(b, 1, height, width)
 
 
+MAX_TABLE_COLUMNS = 2048
+"""Wider tables are drawn with neighbouring columns averaged into this many pixel columns."""
+
+
+def table_strips(rows: list[torch.Tensor], gap_every: int = 1) -> torch.Tensor:
+    """Table rows as horizontal strips, one per sample, one cell per column: a (3, H, W) image in [0, 1].
+
+    Args:
+        rows: (B, D) tensors drawn interleaved (input 0, reconstruction 0, input 1, ...), all scaled by the first
+            one's range (black = its minimum, white = its maximum).
+        gap_every: a grey line after every this many strips (2: between input/reconstruction pairs).
+
+    Each column is at least 1 px wide (up to 32 px for narrow tables) and each strip 6-24 px high, so wide
+    tables (hundreds of species or labels) stay readable column by column.
+    """
+    ref = rows[0].detach().float().cpu().reshape(rows[0].shape[0], -1)
+    d = ref.shape[1]
+    lo, hi = (float(ref.min()), float(ref.max())) if ref.numel() else (0.0, 1.0)
+    cell_w = max(1, min(32, 1024 // max(d, 1)))
+    row_h = min(24, max(6, cell_w))
+    strips = []
+    for i in range(ref.shape[0]):
+        for k, r in enumerate(rows):
+            v = r[i].detach().float().cpu().reshape(1, 1, -1)
+            if d > MAX_TABLE_COLUMNS:
+                v = torch.nn.functional.adaptive_avg_pool1d(v, MAX_TABLE_COLUMNS)
+            v = ((v.reshape(-1) - lo) / (hi - lo + 1e-8)).clamp(0, 1)
+            strips.append(v.repeat_interleave(cell_w).expand(row_h, -1))
+            if (i * len(rows) + k + 1) % gap_every == 0:
+                strips.append(torch.full((2, strips[-1].shape[1]), 0.5))
+    image = torch.cat(strips[:-1] if len(strips) > 1 else strips)  # (H, W)
+    return image.expand(3, -1, -1).contiguous()
+
+
 def recon_grid(x: torch.Tensor, recon: torch.Tensor, modality: str) -> torch.Tensor:
-    """A grid (3, H, W): inputs and their reconstructions side by side (pairs of columns, or row pairs)."""
+    """A grid (3, H, W): inputs and their reconstructions side by side (pairs of columns, or row pairs); tables
+    as strips, each input above its reconstruction (`table_strips`)."""
+    if modality == "tabular":
+        return table_strips([x, recon], gap_every=2)
     xi, per_row = _to_image_batch(x, modality)
     ri, _ = _to_image_batch(recon, modality)
     if per_row > 1:  # video: clip row, then its reconstruction row
@@ -73,7 +119,9 @@ def recon_grid(x: torch.Tensor, recon: torch.Tensor, modality: str) -> torch.Ten
 
 
 def sample_grid(samples: torch.Tensor, modality: str) -> torch.Tensor:
-    """A grid (3, H, W) of prior samples (one row of frames per clip for video)."""
+    """A grid (3, H, W) of prior samples (one row of frames per clip for video; one strip per sample for tables)."""
+    if modality == "tabular":
+        return table_strips([samples], gap_every=1)
     imgs, per_row = _to_image_batch(samples, modality)
     nrow = per_row if per_row > 1 else max(1, int(imgs.shape[0] ** 0.5))
     return make_grid(imgs, nrow=nrow, pad_value=0.5)

@@ -251,27 +251,52 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class Console:
-    """A tqdm progress bar (step, loss, it/s, ETA) and one line per validation; silent off the main process."""
+    """A tqdm progress bar (step, loss, it/s, ETA) and one line per validation; silent off the main process.
+
+    When stderr is not a terminal (a log file, a scheduler's output), the bar's carriage-return updates would fill
+    the log; it prints one plain line per log interval instead (``log.every``: the steps that log metrics).
+    """
 
     def __init__(self, enabled: bool, progress: bool):
         self.enabled = enabled
         self.progress = progress and enabled
         self.bar = None
+        self.lines: dict[str, Any] | None = None
+        """Line mode (stderr not a terminal): description, total, step, and the time/step of the last line."""
 
     def start_stage(self, desc: str, total: int | None, initial: int) -> None:
         self.close()
-        if self.progress:
-            from tqdm.auto import tqdm
+        if not self.progress:
+            return
+        if not _is_terminal(sys.stderr):
+            self.lines = {"desc": desc, "total": total, "n": initial, "t": time.perf_counter(), "n0": initial}
+            return
+        from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
 
     def update(self, n: int = 1, postfix: dict[str, float] | None = None) -> None:
+        if self.lines is not None:
+            self.lines["n"] += n
+            if postfix:  # a log step: one line
+                self._line(postfix)
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
 
+    def _line(self, postfix: dict[str, float]) -> None:
+        st, now = self.lines, time.perf_counter()
+        assert st is not None
+        rate = (st["n"] - st["n0"]) / max(now - st["t"], 1e-9)
+        st["t"], st["n0"] = now, st["n"]
+        total = f"/{st['total']}" if st["total"] else ""
+        values = " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
+        print(f"{st['desc']}: step {st['n']}{total} {values} ({rate:.3g} it/s)", file=sys.stderr, flush=True)
+
     def set_description(self, desc: str) -> None:
+        if self.lines is not None:
+            self.lines["desc"] = desc
         if self.bar is not None:
             self.bar.set_description(desc, refresh=False)
 
@@ -284,6 +309,14 @@ class Console:
             print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        self.lines = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or foreign stream
+        return False
