@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from vaekit.config.load import load_config, resolve_dict
@@ -84,6 +85,7 @@ def train(
     """
     from vaekit.pipeline.run import Pipeline
 
+    _check_arguments(overrides, hooks, {"x": x, "val_x": val_x, "train_data": train_data, "val_data": val_data})
     if isinstance(model, Mapping):
         kwargs["model"] = model
         model = None
@@ -115,6 +117,7 @@ def train(
             )
         if cfg.model.arch == "custom" and model is None:
             raise ConfigError("model.arch=custom: pass the module itself: vaekit.train(..., model=my_module)")
+    check_weights(cfg, init_from=run_dir is None)  # before a run directory or tracker run is created
     outcome = Pipeline(cfg, model, data, run_dir=run_dir, resume=run_dir is not None, hooks=hooks).run()
     trainer = outcome.trainer
     from vaekit.engine.checkpoint import latest_checkpoint
@@ -134,6 +137,38 @@ def train(
         config=outcome.config,
         summary=outcome.summary,
     )
+
+
+def _check_arguments(overrides: Any, hooks: Any, data: dict[str, Any]) -> None:
+    """What ``train`` was given from Python, checked before anything is built (one line each)."""
+    from torch.utils.data import IterableDataset
+
+    from vaekit.errors import DataError
+
+    if overrides is not None and (isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides)):
+        raise ConfigError(f"overrides: expected a list of 'key.path=value' strings, got {overrides!r}"[:300])
+    if hooks is not None and not all(callable(h) for h in hooks):
+        bad = next(h for h in hooks if not callable(h))
+        raise ConfigError(f"hooks: each hook must be callable as hook(event, state); got {bad!r}"[:300])
+    for name, value in data.items():
+        if isinstance(value, torch.Tensor) and value.is_meta:
+            raise DataError(f"{name}: a meta tensor holds no values; pass a tensor with data")
+        if isinstance(value, IterableDataset):
+            raise DataError(f"{name}: an IterableDataset has no length or index; pass a map-style Dataset, a "
+                            "DataLoader over it (with val_data), or an array")
+
+
+def check_weights(cfg: VaekitConfig, init_from: bool = True) -> None:
+    """Weights the run needs, before any run directory exists: the pretrained perceptual networks
+    (``MissingWeightsError``) and, with ``init_from``, every stage's ``init_from`` (``ConfigError``)."""
+    from vaekit.objectives.perceptual import check_perceptual_weights
+    from vaekit.pipeline.stages import check_init_from, resolve_stages
+
+    stages = resolve_stages(cfg)
+    for stage in stages:
+        check_perceptual_weights(stage.cfg.loss.perceptual)
+    if init_from:
+        check_init_from(stages)
 
 
 def _resume_config(run_dir: Path, overrides: list[str], kwargs: dict[str, Any], model: Any, data: Any) -> VaekitConfig:

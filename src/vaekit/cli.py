@@ -167,12 +167,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _check_weights(cfg) -> None:  # noqa: ANN001
-    """Pretrained perceptual weights must be on disk before any training starts."""
+    """Pretrained perceptual weights and every stage's ``init_from`` must be on disk before any training starts."""
     from vaekit.objectives.perceptual import check_perceptual_weights
-    from vaekit.pipeline.stages import resolve_stages
+    from vaekit.pipeline.stages import check_init_from, resolve_stages
 
-    for stage in resolve_stages(cfg):
+    stages = resolve_stages(cfg)
+    for stage in stages:
         check_perceptual_weights(stage.cfg.loss.perceptual)
+    check_init_from(stages)
 
 
 def _eval_kwargs(args: argparse.Namespace) -> dict:
@@ -212,7 +214,12 @@ def _eval_command(args: argparse.Namespace) -> int:
     out = run_dir / "eval"
     result = evaluate(loaded, data, out_dir=out / tag, **{**_eval_kwargs(args), "split": split})
     path = out / f"{tag}.json"
-    path.write_text(json.dumps(result, indent=1))
+    try:
+        path.write_text(json.dumps(result, indent=1))
+    except OSError as err:
+        from vaekit.eval.load import write_failed
+
+        raise write_failed(err, out) from None
     print(markdown_table({loaded.name: result}))
     for name, reason in result["skipped"].items():
         print(f"skipped {name}: {reason}", file=sys.stderr)

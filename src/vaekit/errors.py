@@ -63,3 +63,24 @@ def user_message(err: BaseException) -> tuple[str, int] | None:
         text = " ".join(str(err).split("\n")).strip() or type(err).__name__
         return f"{err.label}: {text}", err.exit_code
     return None
+
+
+def raised_in_user_code(err: BaseException) -> bool:
+    """Whether ``err`` was raised by the user's own code (their ``encode``, ``Dataset`` or hook) rather than by
+    vaekit: the innermost frame that is neither a library's nor the standard library's is not vaekit's. Such an
+    exception keeps its type and traceback; vaekit never relabels it as a config error."""
+    import os
+    import sysconfig
+    import traceback
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    paths = sysconfig.get_paths()
+    libraries = tuple({os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        file = os.path.abspath(frame.filename)
+        if file.startswith(package):
+            return False
+        if file.startswith(libraries) or frame.filename.startswith("<frozen"):
+            continue
+        return True
+    return False

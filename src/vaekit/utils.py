@@ -11,6 +11,10 @@ import torch
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        from vaekit.errors import ConfigError
+
+        raise ConfigError(f"set_seed: seed must be a whole number, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

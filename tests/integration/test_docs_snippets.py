@@ -142,8 +142,10 @@ def test_page_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
 
     _make_data(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(vaekit.api, "train", _tiny_train(vaekit.api.train))
-    monkeypatch.setattr(vaekit, "train", vaekit.api.train, raising=False)
+    tiny = _tiny_train(vaekit.api.train)
+    # vaekit.train first: monkeypatch records (and restores) what it was, which must be the real function
+    monkeypatch.setattr(vaekit, "train", tiny, raising=False)
+    monkeypatch.setattr(vaekit.api, "train", tiny)
     namespace: dict = {"__name__": "__docs__"}
     for block in runnable(page):
         where = f"{_page_id(page)}:{block['line']}"

@@ -184,6 +184,7 @@ def test_prepare_run_dir_looks_for_checkpoints_only_once_it_holds_the_lock(tmp_p
     run = tmp_path / "r"
     (run / "checkpoints" / "step_00000005").mkdir(parents=True)
     (run / "config.yaml").write_text("{}")
+    (run / ".vaekit-run").write_text('{"format": 1}')
     with pytest.raises(ConfigError, match="already holds a run"):
         prepare_run_dir(run, resume=False, overwrite=False)
     assert (run / "checkpoints" / "step_00000005").is_dir()
@@ -389,8 +390,11 @@ class _Payload:
 
 
 def _pickle_into(file: Path, marker: Path) -> None:
+    """A payload added, and the manifest rewritten to match (a hostile author can do both): loading must still
+    refuse the pickle itself."""
     state = torch.load(file, weights_only=True)
     torch.save({**state, "payload": _Payload(marker)}, file)
+    ckpt_mod.write_manifest(file.parent)
 
 
 def _truncate(file: Path) -> None:
@@ -485,8 +489,9 @@ def test_init_from_something_that_is_not_weights_is_one_line(tmp_path: Path, cap
     tree = tiny_tree(tmp_path / "runs", "r", stages=stages)
     code, lines = run_cli(["train", str(write_config(tmp_path / "cfg.yaml", tree))], capsys)
     assert code == 2
-    assert len(lines) == 1 and lines[0].startswith("vaekit: config error: init_from: "), lines
+    assert len(lines) == 1 and lines[0].startswith("vaekit: config error: stages.0.init_from (warm): "), lines
     assert str(source) in lines[0]
+    assert not (tmp_path / "runs").exists()  # checked before anything is created or printed
 
 
 def test_stage_name_with_a_slash_is_refused_by_the_cli(tmp_path: Path, capsys) -> None:

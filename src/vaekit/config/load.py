@@ -74,18 +74,19 @@ def _check_yaml_size(text: str, where: str) -> None:
     sizes: dict[str, int] = {}
     total = 0
     for event in yaml.parse(text, Loader=_YamlLoader):
+        _check_duplicate_key(open_nodes, event, where)
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            open_nodes.append([event.anchor, 1])
+            open_nodes.append([event.anchor, 1, _KeyTracker() if isinstance(event, yaml.MappingStartEvent) else None])
             if len(open_nodes) > MAX_DEPTH:
                 raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
             continue
         if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            anchor, n = open_nodes.pop()
+            anchor, n, _ = open_nodes.pop()
         elif isinstance(event, yaml.ScalarEvent):
             anchor, n = event.anchor, 1
         elif isinstance(event, yaml.AliasEvent):
             anchor, n = None, sizes.get(event.anchor, 0)
-            if event.anchor in (a for a, _ in open_nodes):
+            if event.anchor in (node[0] for node in open_nodes):
                 raise ConfigError(f"{where}: alias *{event.anchor} refers to itself (a recursive structure)")
         else:
             continue
@@ -102,6 +103,29 @@ def _check_yaml_size(text: str, where: str) -> None:
                 f"{where}: expands to more than {MAX_NODES} values (YAML aliases counted in full); "
                 "a config needs a few hundred"
             )
+
+
+class _KeyTracker:
+    """Within one YAML mapping: whether the next node is a key, and the keys seen."""
+
+    def __init__(self) -> None:
+        self.key_next = True
+        self.keys: set[str] = set()
+
+
+def _check_duplicate_key(open_nodes: list[list[Any]], event: Any, where: str) -> None:
+    """A mapping that names a key twice is refused (YAML would silently keep the last value)."""
+    if not open_nodes or isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+        return
+    tracker = open_nodes[-1][2]
+    if tracker is None:
+        return
+    if tracker.key_next and isinstance(event, yaml.ScalarEvent) and event.value != "<<":
+        if event.value in tracker.keys:
+            line = f" (line {event.start_mark.line + 1})" if event.start_mark is not None else ""
+            raise ConfigError(f"{where}: duplicate key {_short(event.value)}{line}; each key may appear once")
+        tracker.keys.add(event.value)
+    tracker.key_next = not tracker.key_next
 
 
 # ---------------------------------------------------------------------------------- overrides

@@ -82,6 +82,10 @@ class RunConfig(Section):
             )
         if len(v.encode("utf-8", "surrogatepass")) > 200:
             raise ValueError("must be at most 200 bytes (a directory name)")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell could not decode (a Latin-1 name in a UTF-8 locale)
+            raise ValueError("must be UTF-8 text (it holds bytes that are not; write the name in UTF-8)") from None
         return v
 
 
@@ -653,6 +657,12 @@ class TrainConfig(Section):
     (FSDP2; through Accelerate on GPUs, torch's ``fully_shard`` on CPU). Checkpoints hold full weights either way."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms (slower on GPU)."""
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_off(cls, v: Any) -> Any:
+        # YAML reads ``no`` (and ``false``, ``off``) as false: each means full precision, as ``"no"`` does
+        return "no" if v is False else v
 
 
 # ------------------------------------------------------------------------------------------- log

@@ -51,6 +51,8 @@ def resolve_stages(cfg: VaekitConfig) -> list[Stage]:
             raise ConfigError(f"stage_defaults.{key}: unknown key (allowed: {', '.join(sorted(allowed_defaults))})")
 
     if not cfg.stages:
+        if cfg.stage_defaults:  # nothing uses them, but a mistake in them is still a mistake
+            validate_tree(deep_merge(cfg.stage_defaults, {"name": "stage_defaults"}), StageConfig, prefix="stage_defaults.")
         spec = StageConfig(name="train", **_length_of(cfg))
         return [Stage(0, spec, cfg)]
 

@@ -95,6 +95,8 @@ class LoaderSource:
     def __init__(self, loader: DataLoader, name: str) -> None:
         self.loader = loader
         self.name = name
+        self.item_shape: tuple[int, ...] | None = None
+        """The items' shape, from the first batch: every later batch must match it."""
 
     def __len__(self) -> int:
         dataset = getattr(self.loader, "dataset", None)
@@ -105,7 +107,14 @@ class LoaderSource:
 
     def batches(self) -> Iterator[dict[str, Tensor]]:
         for i, batch in enumerate(self.loader):
-            yield normalize_item(batch, f"{self.name} batch {i}")
+            item = normalize_item(batch, f"{self.name} batch {i}")
+            shape = tuple(item["x"].shape[1:])
+            if self.item_shape is None:
+                self.item_shape = shape
+            elif shape != self.item_shape:
+                raise DataError(f"{self.name}: batch {i} holds items of shape {shape}, the first batch {self.item_shape}; "
+                                "every batch must have the same item shape")
+            yield item
 
     def first(self, n: int) -> Tensor:
         """Up to ``n`` samples from the start of the loader (for sample grids)."""
@@ -115,6 +124,8 @@ class LoaderSource:
             count += len(batch["x"])
             if count >= n:
                 break
+        if not xs:
+            raise DataError(f"{self.name}: the DataLoader yields no batches (an empty dataset?)")
         return torch.cat(xs)[:n]
 
 

@@ -45,6 +45,8 @@ class Blocks:
             self.metrics.reset()
         plan.clock.load_state_dict(st.clock)
         self.metrics.where = {"stage": plan.name, "stage_index": plan.index}
+        if self.ckpt.loaded_from is not None and self.metrics.last_good.startswith("no checkpoint"):
+            self.metrics.last_good = f"the last good checkpoint is {self.ckpt.loaded_from}"
         self.metrics.last_log = (time.time(), st.step)
         plan.train_mode()
         self.console.start_stage(plan.describe(st), total=plan.clock.limit_steps(), initial=st.stage_step)
@@ -85,9 +87,11 @@ class Blocks:
         """Validation terms (EMA weights when on) → metrics.jsonl, the stage clock, plateau schedules, samples."""
         st, model = self.state, self.eval_model()
         means = self.validator.run(plan, st, model)
+        terms = dict(means)
         means.update({k: v for k, v in self.validator.eval_metrics(plan, st, model).items() if k not in means})
         st.last_val_step = st.step
         self.metrics.write({**self.metrics.where, "step": st.step, "epoch": st.epoch, "split": "val", **means}, st)
+        self.metrics.check_validation(terms, st)
         for name, value in means.items():
             plan.clock.observe(f"val/{name}", value)
         if "loss" in means:
@@ -109,7 +113,7 @@ class Blocks:
         if not force and not (every is not None and st.step % every == 0):
             return
         self.metrics.check_finite(st)
-        self.metrics.check_weights([m for m in (self.model, self.disc) if m is not None], st)
+        self.metrics.check_weights(self._watched(plan), st)
         st.clock = plan.clock.state_dict()
         self.metrics.fold()
         st.elapsed = self.elapsed()
@@ -118,6 +122,22 @@ class Blocks:
             self.tracker.flush()
             self.metrics.last_good = f"the last good checkpoint is {path}"
         self.rt.wait()
+
+    def _watched(self, plan: Any) -> dict[str, list[tuple[str, Any]]]:
+        """What must be finite in a good checkpoint: weights and buffers of every module, optimizer states."""
+        named: dict[str, list[tuple[str, Any]]] = {}
+        ema = getattr(self, "ema", None)
+        for owner, module in (("model", self.model), ("discriminator", self.disc), ("ema", ema.shadow if ema else None)):
+            if module is not None:
+                named[owner] = [*module.named_parameters(), *module.named_buffers()]
+        param_names = {id(p): f"{owner}: {n}" for owner, pairs in named.items() for n, p in pairs}
+        for name, update in plan.updates.items():
+            named[f"{name} optimizer"] = [
+                (f"{key} of {param_names.get(id(param), 'a parameter')}", value)
+                for param, per in update.optimizer.state.items() for key, value in per.items()
+                if hasattr(value, "is_floating_point")
+            ]
+        return named
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.started

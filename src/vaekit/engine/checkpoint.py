@@ -6,14 +6,17 @@ Layout of ``checkpoints/step_00001234/``:
   ``optim.pt`` — every other shared state (optimizers, schedules, grad scaler, noise generator), plain tensors and
   containers only, loaded with ``weights_only=True``;
   ``rng_rank{r}.pt`` — process r's own states (RNG streams, partial metric sums);
-  ``state.json`` — the train state (step, epoch, position, stage), written last: a directory is complete when it
-  has ``state.json``.
+  ``state.json`` — the train state (step, epoch, position, stage, process count);
+  ``manifest.json`` — written last: every file's size and BLAKE2b hash. A directory is a candidate when it has
+  ``state.json``, and is loaded only when its manifest checks out and it holds every registered module's
+  weights (a checkpoint written before manifests existed is checked for the files only).
 A checkpoint is written to ``step_*.tmp`` and renamed into place; one that replaces a checkpoint of the same step
 first moves the old one aside to ``step_*.old``, which counts as that step's checkpoint until the new one is in
 place, so a complete checkpoint of that step exists at every instant. Pruning renames a doomed checkpoint to
 ``step_*.del`` before deleting it and removes only complete checkpoints older than the newest ``keep_last`` (and
 those of steps after the one just written: a resumed run that fell back to an older checkpoint abandons them).
-Loading skips, with a warning, an incomplete or unreadable checkpoint and falls back to the newest good one.
+Loading skips, with a warning, an incomplete, damaged or tampered checkpoint and falls back to the newest good one.
+A run is resumed with the process count it was trained with (a different count would change the result).
 Nothing here unpickles arbitrary objects: loading never executes code from a checkpoint, and a file that is not
 what it should be is a one-line ``CheckpointError``; a write that fails (read-only or full disk) is a one-line
 ``RunDirError`` that leaves the last complete checkpoint as it was.
@@ -22,10 +25,13 @@ what it should be is a one-line ``CheckpointError``; a write that fails (read-on
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import pickle
 import random
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -38,10 +44,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vaekit.errors import CheckpointError, RunDirError
+from vaekit.errors import CheckpointError, ConfigError, RunDirError
 
 CKPT_PREFIX = "step_"
 STATE_FILE = "state.json"
+MANIFEST = "manifest.json"
+FORMAT = 2
+"""Checkpoint format: 2 adds ``manifest.json`` and the process count (``world``) to ``state.json``."""
 
 
 class Stateful(Protocol):
@@ -113,12 +122,42 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
     meta = {"vaekit": json.dumps(metadata, sort_keys=True)} if metadata else None
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        save_file(state_dict_for_save(module), str(tmp), metadata=meta)
+        _save_safetensors(state_dict_for_save(module), tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)  # a full disk keeps no half-written file
         raise
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``save_file``; its I/O failures (a full disk) come back as the ``OSError`` they are."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        raise _as_os_error(err, path) from None
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    """``torch.save``; a write that fails inside torch's zip writer (a full disk) comes back as an ``OSError``."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as err:
+        raise _as_os_error(err, path) from None
+
+
+def _as_os_error(err: Exception, path: Path) -> OSError:
+    """A library's wrapped I/O failure as an ``OSError``: the errno it names (``os error 28``), else ENOSPC when
+    the disk is (nearly) full, else EIO."""
+    found = re.search(r"os error (\d+)", str(err))
+    if found:
+        code = int(found.group(1))
+    else:
+        try:
+            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 1 << 20 else errno.EIO
+        except OSError:
+            code = errno.EIO
+    return OSError(code, os.strerror(code) if found or code == errno.ENOSPC else _first_line(err), str(path))
 
 
 def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -132,10 +171,28 @@ def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 
 
 def load_weights(module: nn.Module, path: Path, strict: bool = True) -> None:
+    """Load a safetensors file into ``module``; an unreadable file and weights that do not fit are different
+    one-line ``CheckpointError``s (the latter lists the missing, unexpected and mismatched keys)."""
+    state = read_weights(path)
     try:
-        module.load_state_dict(read_weights(path), strict=strict)
+        module.load_state_dict(state, strict=strict)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not fit this model ({_first_line(err)})") from None
+        report = fit_report(module, state) or _first_line(err)
+        raise CheckpointError(f"{path}: the weights do not fit this model ({report})") from None
+
+
+def fit_report(model: Any, state: dict[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading into ``model``: missing, unexpected and mismatched keys, the first few of
+    each with counts ('' when it fits)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = [f"{len(keys)} {what}: {', '.join(keys[:3])}" + (", ..." if len(keys) > 3 else "")
+             for what, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched (file vs model)", mismatched))
+             if keys]
+    return "; ".join(parts)
 
 
 def safe_torch_load(path: Path) -> Any:
@@ -284,11 +341,13 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
             for name, module in self.modules.items():
-                save_file(state_dict_for_save(module), str(tmp / f"{name}.safetensors"))
-            torch.save({name: obj.state_dict() for name, obj in self.shared.items()}, tmp / "optim.pt")
+                _save_safetensors(state_dict_for_save(module), tmp / f"{name}.safetensors")
+            _save_torch({name: obj.state_dict() for name, obj in self.shared.items()}, tmp / "optim.pt")
             for rank, local in enumerate(locals_all):
-                torch.save(local, tmp / f"rng_rank{rank}.pt")
-            (tmp / STATE_FILE).write_text(json.dumps(train_state, indent=1))  # last: marks the directory complete
+                _save_torch(local, tmp / f"rng_rank{rank}.pt")
+            state = {**train_state, "world": self.world, "format": FORMAT}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+            write_manifest(tmp)  # last: lists (and hashes) every file above
             _fsync_dir(tmp)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -369,19 +428,14 @@ class CheckpointManager:
         return None
 
     def _read(self, path: Path) -> dict[str, Any]:
-        try:
-            state = json.loads((path / STATE_FILE).read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path / STATE_FILE}: missing (an incomplete checkpoint)") from None
-        except (ValueError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{path / STATE_FILE}: not valid JSON ({_first_line(err)})") from None
-        if not isinstance(state, dict) or "step" not in state:
-            raise CheckpointError(f"{path / STATE_FILE}: not a vaekit train state")
+        state = read_train_state(path)
+        self._check_world(path, state)
+        for name in self.modules:
+            if not (path / f"{name}.safetensors").is_file():
+                raise CheckpointError(f"{path / (name + '.safetensors')}: missing (an incomplete checkpoint)")
         pending: dict[str, Any] = {}
         shared = safe_torch_load(path / "optim.pt")
         local_file = path / f"rng_rank{self.rank}.pt"
-        if not local_file.exists():  # resuming with more processes than were saved: rank 0's stream seeds the rest
-            local_file = path / "rng_rank0.pt"
         local = safe_torch_load(local_file)
         if not isinstance(shared, dict) or not isinstance(local, dict):
             raise CheckpointError(f"{path}: optim.pt / {local_file.name} do not hold a dict of states")
@@ -395,6 +449,87 @@ class CheckpointManager:
             for name, obj in list(table.items()):
                 self.register(kind, name, obj)
         return state
+
+
+    def _check_world(self, path: Path, state: dict[str, Any]) -> None:
+        """A run resumes with the process count it was trained with: the data order, the noise streams and the
+        per-process RNG states depend on it, so another count would silently change the result."""
+        saved = state.get("world")
+        if not isinstance(saved, int) or isinstance(saved, bool):  # before format 2: one RNG file per process
+            saved = len(list(path.glob("rng_rank*.pt")))
+        if saved and saved != self.world:
+            raise ConfigError(
+                f"resume: this run was trained with {saved} process{'es' if saved > 1 else ''} and is resumed with "
+                f"{self.world}; resume it with {saved} (torchrun --nproc_per_node {saved} / accelerate launch "
+                f"--num_processes {saved}), or start a new run (init_from: {path}) to train on with {self.world}"
+            )
+
+
+def read_train_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``, checked against its manifest (format 2) and its directory's step.
+
+    Raises:
+        CheckpointError: missing, not JSON, not a train state, a step that is not this directory's, or a file that
+            does not match the manifest (truncated, flipped, tampered); names the file.
+    """
+    file = path / STATE_FILE
+    try:
+        state = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing (an incomplete checkpoint)") from None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({_first_line(err)})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{file}: not a vaekit train state")
+    if state.get("format", 1) != 1 or (path / MANIFEST).exists():
+        verify_manifest(path)
+    step = state["step"]
+    named = _step_of(path)  # None for a checkpoint directory copied under another name
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0 or (named is not None and step != named):
+        expected = f"this checkpoint's step {named}" if named is not None else "a step count"
+        raise CheckpointError(f"{file}: damaged (step {step!r} is not {expected})")
+    for key in ("stage_index", "stage_step", "epoch", "batch_in_epoch"):
+        if not isinstance(state.get(key, 0), int) or isinstance(state.get(key, 0), bool):
+            raise CheckpointError(f"{file}: damaged ({key} {state[key]!r} is not a whole number)")
+    return state
+
+
+def _digest(file: Path) -> str:
+    with open(file, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """``manifest.json``: the size and hash of every other file of the checkpoint directory."""
+    files = {f.name: [f.stat().st_size, _digest(f)] for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "hash": "blake2b-128", "files": files}, indent=1))
+
+
+def verify_manifest(folder: Path) -> None:
+    """Every file the manifest lists is there, with its size and hash.
+
+    Raises:
+        CheckpointError: the manifest is missing or unreadable, or a file is missing, cut or changed.
+    """
+    file = folder / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+        files = manifest["files"]
+        assert isinstance(files, dict)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing (an incomplete checkpoint)") from None
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AssertionError):
+        raise CheckpointError(f"{file}: damaged (not a vaekit checkpoint manifest)") from None
+    for name, entry in sorted(files.items()):
+        target = folder / name
+        if not isinstance(entry, list) or len(entry) != 2 or "/" in name:
+            raise CheckpointError(f"{file}: damaged (entry {name!r})")
+        if not target.is_file():
+            raise CheckpointError(f"{target}: missing (an incomplete checkpoint)")
+        if target.stat().st_size != entry[0]:
+            raise CheckpointError(f"{target}: {target.stat().st_size} bytes, the manifest says {entry[0]} (truncated or replaced)")
+        if _digest(target) != entry[1]:
+            raise CheckpointError(f"{target}: its contents changed since it was written (the hash does not match the manifest)")
 
 
 def _remove(path: Path) -> None:

@@ -108,9 +108,30 @@ class TrainMetrics:
                 f"train.nan_skip_limit={self.skip_limit:g} of them); {self.last_good}"
             )
 
-    def check_weights(self, modules: list[torch.nn.Module], state: TrainState) -> None:
-        """A finite loss can still come with an overflowing gradient step: check the weights too (one sync)."""
-        ok = torch.stack([torch.isfinite(p).all() for m in modules for p in m.parameters()]).all()
+    def check_weights(self, named: dict[str, list[tuple[str, torch.Tensor]]], state: TrainState) -> None:
+        """A finite loss can still come with an overflowing step: check the weights, the buffers (BatchNorm
+        statistics) and the optimizer state too (one sync; the names are looked up only when one is bad).
+
+        Args:
+            named: ``{owner: [(name, tensor), ...]}``, e.g. ``{"model": model.named_parameters(), ...}``.
+        """
+        tensors = [t for pairs in named.values() for _, t in pairs if t.is_floating_point() or t.is_complex()]
+        if not tensors:
+            return
+        ok = torch.stack([torch.isfinite(t).all().to(tensors[0].device) for t in tensors]).all()
         bad = self.rt.reduce_sum((~ok).float())
         if bool(bad > 0):
-            raise NonFiniteLossError(f"non-finite weights after step {state.step}; {self.last_good}")
+            where = [f"{owner}: {name}" for owner, pairs in named.items() for name, t in pairs
+                     if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+            shown = ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else "")
+            raise NonFiniteLossError(
+                f"non-finite values after step {state.step} in {shown or '(on another process)'}; {self.last_good}"
+            )
+
+    def check_validation(self, means: dict[str, float], state: TrainState) -> None:
+        """Under ``nan_policy=stop``, a non-finite validation loss term stops the run like a training one."""
+        bad = sorted(k for k, v in means.items() if not math.isfinite(v))
+        if bad and self.nan_policy == "stop":
+            raise NonFiniteLossError(
+                f"non-finite validation loss at step {state.step} in term(s) {', '.join(bad)}; {self.last_good}"
+            )

@@ -11,7 +11,7 @@ from torch import nn
 
 from vaekit.errors import ConfigError
 from vaekit.eval.data import check_fits, describe, expected_shape, fixed_size, resolve_data
-from vaekit.eval.load import Loaded, load_for_eval
+from vaekit.eval.load import Loaded, check_options, load_for_eval, output_dir, write_failed
 from vaekit.eval.run import measure, options
 
 
@@ -66,6 +66,8 @@ def compare(
     """
     if len(models) < 2:
         raise ConfigError(f"compare: needs at least two models (got {len(models)})")
+    check_options(batches, batch_size, k, kwargs.get("device"))
+    directory = output_dir(out_dir, "--out") if out_dir is not None else None
     loaded = [load_for_eval(m) for m in models]
     labels = list(names) if names is not None else _unique([m.name for m in loaded])
     for item, label in zip(loaded, labels, strict=True):
@@ -97,16 +99,18 @@ def compare(
         )
     out = {"models": labels, "results": results, "data": eval_data.description, "split": eval_data.split or split,
            "seed": seed, "notes": comparison_notes(results, eval_data.note)}
-    if out_dir is not None:
+    if directory is not None:
         from vaekit.eval.figures import comparison_figure
 
-        directory = Path(out_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        notes = "".join(f"\n> note: {n}\n" for n in out["notes"])
-        (directory / "compare.md").write_text(markdown_table(results) + "\n" + notes)
-        comparison_figure(artifacts, results, directory / "compare.png")
-        out["files"] = [str(directory / n) for n in ("compare.json", "compare.md", "compare.png")]
-        (directory / "compare.json").write_text(json.dumps(out, indent=1))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            notes = "".join(f"\n> note: {n}\n" for n in out["notes"])
+            (directory / "compare.md").write_text(markdown_table(results) + "\n" + notes)
+            comparison_figure(artifacts, results, directory / "compare.png")
+            out["files"] = [str(directory / n) for n in ("compare.json", "compare.md", "compare.png")]
+            (directory / "compare.json").write_text(json.dumps(out, indent=1))
+        except OSError as err:
+            raise write_failed(err, directory) from None
     return out
 
 

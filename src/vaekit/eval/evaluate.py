@@ -17,7 +17,7 @@ from torch import nn
 
 from vaekit.eval.comparison import compare, markdown_table
 from vaekit.eval.data import EvalData, check_fits, resolve_data
-from vaekit.eval.load import Loaded, load_for_eval
+from vaekit.eval.load import Loaded, check_options, load_for_eval, output_dir, write_failed
 from vaekit.eval.registry import ALL_METRICS, METRICS, NEEDS_WEIGHTS, UNITS, default_metrics
 from vaekit.eval.run import Artifacts, measure, options
 
@@ -91,6 +91,8 @@ def evaluate(
         (``model``, ``source``, ``step``, ``split`` (the one used), ``samples``, ``seed``, ``k``), ``note`` when
         there is something to tell (an empty split replaced), and ``files`` with ``out_dir``.
     """
+    check_options(batches, batch_size, k, device)  # and the output folder, before any work
+    folder = output_dir(out_dir, "out_dir") if out_dir is not None else None
     loaded = load_for_eval(model_or_run, checkpoint, ema)
     if device is not None:
         loaded.model.to(device)
@@ -113,8 +115,16 @@ def evaluate(
     )
     if eval_data.note:
         result["note"] = eval_data.note
-    if out_dir is not None:
-        from vaekit.eval.figures import write_figures
-
-        result["files"] = [str(p) for p in write_figures(artifacts, Path(out_dir), seed=seed)]
+    if folder is not None:
+        result["files"] = _figures(artifacts, folder, seed)
     return result
+
+
+def _figures(artifacts: Artifacts, folder: Path, seed: int) -> list[str]:
+    """The figures of one evaluation in ``folder``; a write that fails (a full disk) is one line."""
+    from vaekit.eval.figures import write_figures
+
+    try:
+        return [str(p) for p in write_figures(artifacts, folder, seed=seed)]
+    except OSError as err:
+        raise write_failed(err, folder) from None

@@ -18,6 +18,7 @@ learned log-variance, needed by ``loss.recon=gaussian``). A module that breaks t
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -91,6 +92,9 @@ class ModuleVAE(VAE):
                     f"model: {type(module).__name__} has no {method}() method; a model passed to vaekit.train "
                     "needs encode(x) -> posterior and decode(z) -> reconstruction"
                 )
+        _check_signatures(module)
+        if next(module.parameters(), None) is None:
+            raise ModelProtocolError(f"model: {type(module).__name__} has no parameters to train")
         self.module = module
         self.config = {"arch": "custom", "class": f"{type(module).__module__}.{type(module).__qualname__}"}
         self._latent_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -156,6 +160,12 @@ class ModuleVAE(VAE):
                 self.module.eval()
                 try:
                     mean, _ = posterior_params(self.module.encode(torch.zeros((1, *key), device=device, dtype=dtype)))
+                except RuntimeError as err:  # torch's shape errors: the data's items do not fit this model
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                    raise ModelProtocolError(
+                        f"model: {type(self.module).__name__}.encode cannot take items of shape {key} ({first}); "
+                        "make the data's shape and the model's input match"
+                    ) from err
                 finally:
                     self.module.train(was_training)
             self._latent_shapes[key] = tuple(mean.shape[1:])
@@ -173,6 +183,20 @@ class ModuleVAE(VAE):
             fn = getattr(self.module, "disable_gradient_checkpointing", None)
         if callable(fn):
             fn()
+
+
+def _check_signatures(module: nn.Module) -> None:
+    """``encode(x)`` and ``decode(z)`` must each take one tensor (checked before anything runs)."""
+    for method in ("encode", "decode"):
+        try:
+            inspect.signature(getattr(module, method)).bind(None)
+        except TypeError:
+            names = ", ".join(inspect.signature(getattr(module, method)).parameters)
+            raise ModelProtocolError(
+                f"model: {type(module).__name__}.{method}({names}) must take one tensor: encode(x) and decode(z)"
+            ) from None
+        except ValueError:  # no signature to read (a builtin): it is tried on the first batch
+            pass
 
 
 def _child(module: nn.Module, name: str) -> nn.Module:

@@ -26,7 +26,7 @@ from vaekit.engine.finetune import Finetuner, GatherBeforeSave
 from vaekit.engine.loop import Trainer
 from vaekit.engine.rundir import new_run_dir, prepare_run_dir
 from vaekit.engine.runtime import Runtime
-from vaekit.errors import ConfigError, RunDirError, VaekitError
+from vaekit.errors import ConfigError, RunDirError, VaekitError, raised_in_user_code
 from vaekit.models import build_discriminator, build_model
 from vaekit.models.adapter import as_vae, export_module
 from vaekit.pipeline.stages import Stage, resolve_stages
@@ -58,6 +58,8 @@ class StageData:
             except VaekitError:
                 raise
             except ValueError as err:  # a data setting that cannot work; the message names the key
+                if raised_in_user_code(err):  # the user's own Dataset: their traceback, unrelabelled
+                    raise
                 raise ConfigError(str(err)) from None
             self._cache[key] = self._to_device(data)
         return self._cache[key]
@@ -107,6 +109,8 @@ def build_run(cfg: VaekitConfig, model: nn.Module | None = None, data: dict[str,
     info = data_for(stages[0]).info
     cfg, stages = _likelihood_from_data(cfg, stages, info, resume)
     vae, disc = _build_modules(cfg, model, info, stages, rt)
+    if not resume:  # weights a stage starts from must fit: said now, before any output or run directory
+        _check_init_from_fits(stages, export_module(vae))
     # the run directory only once data and model are known to work: a bad config leaves nothing behind
     run_path, lock = _open_run_dir(rt, cfg, info, run_dir, resume)
     ema = EMA(vae, cfg.train.ema.decay) if cfg.train.ema.enabled else None
@@ -147,10 +151,31 @@ def _build_modules(cfg: VaekitConfig, model: nn.Module | None, info: DataInfo, s
         adv = next((s for s in stages if s.adversarial), None)
         disc = build_discriminator(adv.cfg.loss.adversarial.discriminator, info.shape).to(rt.device) if adv else None
     except ValueError as err:
+        if raised_in_user_code(err):  # the user's own encode: their traceback, unrelabelled
+            raise
         raise ConfigError(str(err)) from None
     if cfg.model.grad_checkpointing and model is not None:
         vae.set_grad_checkpointing(True)
     return vae, disc
+
+
+def _check_init_from_fits(stages: list[Stage], module: nn.Module) -> None:
+    """Every stage's ``init_from`` weights fit the model (names and shapes read from the file's header only)."""
+    from safetensors import safe_open
+
+    from vaekit.engine.checkpoint import fit_report
+    from vaekit.pipeline.stages import init_from_weights
+
+    for stage in stages:
+        if not stage.spec.init_from:
+            continue
+        where = f"stages.{stage.index}.init_from ({stage.name})"
+        path = init_from_weights(stage.spec.init_from, where)
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {k: torch.empty(fh.get_slice(k).get_shape(), device="meta") for k in fh.keys()}
+        report = fit_report(module, shapes)
+        if report:
+            raise ConfigError(f"{where}: {path}: the weights do not fit this model ({report})")
 
 
 def _open_run_dir(rt: Runtime, cfg: VaekitConfig, info: DataInfo, run_dir: Path | None,

@@ -31,6 +31,10 @@ def _source(run_dir: Path, checkpoint: str | None) -> Path:
         path = latest / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    if (path.parent / "state.json").is_file():  # a checkpoint's weights: the checkpoint must check out
+        from vaekit.engine.checkpoint import read_train_state
+
+        read_train_state(path.parent)
     return path
 
 
@@ -61,21 +65,23 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
     from vaekit.config.load import load_config
     from vaekit.engine.checkpoint import read_weights, save_weights
     from vaekit.engine.finetune import is_lora_key, merge_lora_state
+    from vaekit.engine.rundir import is_run_dir
+    from vaekit.eval.load import output_dir, write_failed
     from vaekit.models.diffusers import DiffusersVAE, build_module, save_diffusers
 
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r}; use one of {', '.join(FORMATS)}")
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    if not (run_dir / "config.yaml").is_file() or not is_run_dir(run_dir):
+        raise ConfigError(f"{run_dir}: not a vaekit run directory (no .vaekit-run marker or checkpoint)")
     cfg = load_config(run_dir / "config.yaml")
     if fmt == "diffusers" and cfg.model.arch != "diffusers":
         raise ConfigError(f"--format diffusers: the run trained model.arch={cfg.model.arch}, not a diffusers "
                           "autoencoder; use --format safetensors")
+    folder = output_dir(Path(out) if out else run_dir / ("diffusers" if fmt == "diffusers" else "export"), "--out")
     weights = _source(run_dir, checkpoint)
     state = read_weights(weights)
-    model_cfg_file = run_dir / "model_config.json"
-    model_cfg = json.loads(model_cfg_file.read_text()) if model_cfg_file.is_file() else None
+    model_cfg = _model_config(run_dir, weights, state, cfg.model.arch)
     module = None
     if cfg.model.arch == "diffusers":
         if model_cfg is not None:
@@ -94,17 +100,38 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
                                   "(vaekit.load_model(run_dir, model=...)) after the run finishes")
             module = build_model_from_config(model_cfg)
         state = merge_lora_state(state, module, _owner_finetune(run_dir, weights))
-    with torch.no_grad():
-        if fmt == "diffusers":
-            assert module is not None
-            module.load_state_dict(state)
-            return save_diffusers(module, Path(out) if out else run_dir / "diffusers")
-        folder = Path(out) if out else run_dir / "export"
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"config": model_cfg or {}, "vaekit_config": cfg.model_dump(mode="json")}
-        _save_state(state, folder / "model.safetensors", meta, save_weights)
-        (folder / "model_config.json").write_text(json.dumps(model_cfg or {}, indent=1))
-        return folder / "model.safetensors"
+        with torch.no_grad():
+            if fmt == "diffusers":
+                assert module is not None
+                module.load_state_dict(state)
+                return save_diffusers(module, folder)
+            meta = {"config": model_cfg or {}, "vaekit_config": cfg.model_dump(mode="json")}
+            _save_state(state, folder / "model.safetensors", meta, save_weights)
+            (folder / "model_config.json").write_text(json.dumps(model_cfg or {}, indent=1))
+            return folder / "model.safetensors"
+    except OSError as err:
+        raise write_failed(err, folder) from None
+
+
+def _model_config(run_dir: Path, weights: Path, state: dict[str, Any], arch: str) -> dict[str, Any] | None:
+    """The run's ``model_config.json`` (None when the run did not finish), checked: it must build a model the
+    weights fit (a damaged file is refused here, not copied into the export)."""
+    from vaekit.engine.checkpoint import fit_report
+    from vaekit.engine.finetune import is_lora_key
+    from vaekit.eval.load import model_skeleton, read_model_config
+
+    file = run_dir / "model_config.json"
+    if not file.is_file():
+        return None
+    model_cfg = read_model_config(file)
+    if arch in ("diffusers", "custom") or model_cfg.get("arch") in (None, "custom", "diffusers"):
+        return model_cfg
+    report = fit_report(model_skeleton(model_cfg, file), {k: v for k, v in state.items() if not is_lora_key(k)})
+    if report:
+        raise CheckpointError(f"{weights}: the weights do not fit the model of {file} ({report})")
+    return model_cfg
 
 
 def _save_state(state: dict[str, Any], path: Path, meta: dict[str, Any], save_weights: Any) -> None:

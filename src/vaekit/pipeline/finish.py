@@ -85,8 +85,8 @@ def _test_metrics(run: RunParts, plan: Plan) -> dict[str, float]:
     t = run.trainer
     loader = batches(run.rt, test, plan.cfg, train=False)
     means = t.validator.run(plan, t.state, t.eval_model(), loader=loader)
-    t.metrics.write({**t.metrics.where, "step": t.state.step, "epoch": t.state.epoch, "split": "test", **means},
-                    t.state)
+    where = {"stage": plan.name, "stage_index": plan.index}  # also when a resumed finished run never began one
+    t.metrics.write({**where, "step": t.state.step, "epoch": t.state.epoch, "split": "test", **means}, t.state)
     return means
 
 

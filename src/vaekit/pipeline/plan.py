@@ -4,7 +4,6 @@ objective and its clock, handed to the engine as a `vaekit.engine.plan.Plan`."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,11 +16,11 @@ from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.plan import Plan
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.updates import build_update
-from vaekit.errors import ConfigError, VaekitError
+from vaekit.errors import ConfigError, VaekitError, raised_in_user_code
 from vaekit.models.adapter import export_module
 from vaekit.objectives import DiscriminatorObjective, VAEObjective
 from vaekit.pipeline.build import RunParts
-from vaekit.pipeline.stages import Stage, StageClock
+from vaekit.pipeline.stages import Stage, StageClock, init_from_weights
 
 
 def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
@@ -32,6 +31,8 @@ def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
     try:  # a resolution/clip length the model cannot take fails here, naming the keys, not mid-step
         run.model.latent_shape_for(tuple(data.info.shape))
     except ValueError as err:
+        if raised_in_user_code(err):  # the user's own encode: their traceback, unrelabelled
+            raise
         raise ConfigError(f"stages.{stage.index} ({stage.name}): {err}") from None
     train_loader, val_loader = loaders(rt, cfg, data)
     clock = StageClock(stage.spec, math.ceil(len(train_loader) / cfg.train.grad_accum))
@@ -108,13 +109,7 @@ def batches(rt: Runtime, source: Any, cfg: VaekitConfig, train: bool) -> Any:
 
 # ---------------------------------------------------------------------------------- weights
 def _init_from(run: RunParts, source: str) -> None:
-    path = Path(source)
-    if path.is_dir():  # a run directory (its export, else its latest checkpoint) or one checkpoint
-        latest = ckpt.latest_checkpoint(path / "checkpoints")
-        exported = path / "model.safetensors"
-        path = exported if exported.is_file() or latest is None else latest / "model.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"init_from: {source!r} has no model.safetensors")
+    path = init_from_weights(source)
     try:
         ckpt.load_weights(export_module(run.model), path)
     except VaekitError as err:

@@ -8,6 +8,8 @@ building the run (`vaekit.pipeline.build`), planning a stage (`vaekit.pipeline.p
 
 from __future__ import annotations
 
+import errno
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,16 @@ from vaekit.config.schema import VaekitConfig
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.checkpoint import RNGState
 from vaekit.engine.loop import Trainer
+from vaekit.errors import RunDirError
 from vaekit.models import count_parameters, model_summary
 from vaekit.models.adapter import export_module
 from vaekit.pipeline.build import RunParts, build_run
 from vaekit.pipeline.finish import finish_run
 from vaekit.pipeline.plan import plan_stage
 from vaekit.tracking.tracker import Tracker
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+"""Write failures of the disk under the run (full, over quota, read-only, failing): one line, resume later."""
 
 
 @dataclass
@@ -55,8 +61,9 @@ class Pipeline:
     def run(self) -> Outcome:
         p = self.parts
         t, cfg = p.trainer, p.cfg
-        self._start(t)
+        t.tracker = None
         try:
+            self._start(t)
             loaded = p.loaded is not None
             for stage in p.stages[t.state.stage_index:]:
                 resuming = loaded and t.state.stage_index == stage.index
@@ -75,9 +82,23 @@ class Pipeline:
         except RuntimeError as err:
             p.rt.check_collective_failure(err, lambda: ckpt.latest_checkpoint(p.run_dir / "checkpoints"))
             raise
+        except OSError as err:
+            if err.errno not in DISK_ERRNOS:
+                raise
+            last = ckpt.latest_checkpoint(p.run_dir / "checkpoints")
+            raise RunDirError(
+                f"cannot write in run directory {str(p.run_dir)!r} ({err.strerror or err}"
+                + (f": {err.filename}" if err.filename else "") + f"); the last complete checkpoint is {last}; "
+                f"free space and resume with `vaekit train --resume {p.run_dir}`"
+            ) from None
         finally:
             t.console.close()
-            t.tracker.close()
+            try:
+                if t.tracker is not None:
+                    t.tracker.close()
+            except OSError:  # a full disk: said above, when it stopped the run
+                if sys.exc_info()[0] is None:
+                    raise
             if p.lock is not None:
                 p.lock.release()
         return Outcome(p.run_dir, cfg, t, list(t.tracker.records), summary)

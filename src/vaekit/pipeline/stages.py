@@ -88,3 +88,42 @@ class StageClock:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._window = deque(state.get("window", []))
         self._history = list(state.get("history", []))
+
+
+# ------------------------------------------------------------------------------------ init_from
+def init_from_weights(source: str, where: str = "init_from") -> Any:
+    """The weights file a stage's ``init_from`` names (a run directory: its export, else its newest checkpoint;
+    a checkpoint directory; or a ``.safetensors`` file), checked to be a readable safetensors file.
+
+    Raises:
+        ConfigError: nothing there, or not a safetensors file; names ``where``.
+    """
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from vaekit.engine.checkpoint import latest_checkpoint
+    from vaekit.errors import ConfigError
+
+    path = Path(source)
+    if path.is_dir():  # a run directory (its export, else its latest checkpoint) or one checkpoint
+        latest = latest_checkpoint(path / "checkpoints")
+        exported = path / "model.safetensors"
+        path = exported if exported.is_file() or latest is None else latest / "model.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"{where}: {source!r} has no model.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except Exception as err:  # noqa: BLE001 (safetensors raises several kinds)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"{where}: {str(path)!r} is not a readable safetensors weights file ({first})") from None
+    return path
+
+
+def check_init_from(stages: list[Stage]) -> None:
+    """Every stage's ``init_from`` names readable weights, checked before training starts (not when the stage
+    begins, maybe hours later)."""
+    for stage in stages:
+        if stage.spec.init_from:
+            init_from_weights(stage.spec.init_from, f"stages.{stage.index}.init_from ({stage.name})")

@@ -7,6 +7,7 @@ loss terms; TensorBoard tags are ``{split}/{term}``, grouped under ``{stage}/`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -55,10 +56,14 @@ class Tracker:
             purge = resume_step + 1 if resume_step is not None else None  # drop events logged after the checkpoint
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
         ids = _read_ids(run_dir) if resume_step is not None else {}
-        if cfg.wandb:
-            self._wandb = WandbLogger(run_dir, cfg, config, ids.get("wandb"))
-        if cfg.mlflow:
-            self._mlflow = MlflowLogger(run_dir, cfg, config, ids.get("mlflow"))
+        try:  # a tracker that cannot start is one line now, before training, not a traceback after it
+            if cfg.wandb:
+                self._wandb = _start("wandb", WandbLogger, run_dir, cfg, config, ids.get("wandb"))
+            if cfg.mlflow:
+                self._mlflow = _start("mlflow", MlflowLogger, run_dir, cfg, config, ids.get("mlflow"))
+        except BaseException:
+            self.close(failed=True)
+            raise
         if self._wandb is not None or self._mlflow is not None:
             _write_ids(run_dir, {k: t.ids for k, t in (("wandb", self._wandb), ("mlflow", self._mlflow)) if t})
 
@@ -140,7 +145,67 @@ class Tracker:
             logger = getattr(self, name)
             if logger is not None:
                 setattr(self, name, None)
-                logger.close(failed)
+                try:
+                    logger.close(failed)
+                except Exception as err:  # noqa: BLE001 (the tracker's own failure; the run's files are complete)
+                    print(f"warning: log.{name[1:]}: could not close the tracker run ({_first_line(err)})",
+                          file=sys.stderr)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+def _start(name: str, cls: Any, run_dir: Path, cfg: LogConfig, config: dict[str, Any], saved: Any) -> Any:
+    """Start one tracker; any failure of the tracker's library (no API key, an unreachable server) is one
+    ``ConfigError`` naming the setting to change."""
+    if name == "wandb":
+        _check_wandb_login(cfg)
+    try:
+        if name == "mlflow":
+            with _quick_mlflow_requests():
+                return cls(run_dir, cfg, config, saved)
+        return cls(run_dir, cfg, config, saved)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 (the tracker library raises many kinds)
+        hint = ("check log.mlflow_uri / MLFLOW_TRACKING_URI" if name == "mlflow"
+                else "check `wandb login`, or set log.wandb_mode=offline")
+        raise ConfigError(f"log.{name}: cannot start a {name} run ({_first_line(err)}); {hint}, or set "
+                          f"log.{name}=false") from None
+
+
+def _check_wandb_login(cfg: LogConfig) -> None:
+    """Online W&B needs an API key (``WANDB_API_KEY`` or ``wandb login``'s netrc entry); without one, wandb would
+    prompt or fail later."""
+    mode = cfg.wandb_mode or os.environ.get("WANDB_MODE") or "online"
+    if mode not in ("online", "run") or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    host = os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1].split("/")[0].split(":")[0]
+    try:
+        if host in netrc.read_text(errors="replace"):
+            return
+    except OSError:
+        pass
+    raise ConfigError("log.wandb: no W&B API key (set WANDB_API_KEY or run `wandb login`), or set "
+                      "log.wandb_mode=offline or log.wandb=false")
+
+
+@contextlib.contextmanager
+def _quick_mlflow_requests() -> Any:
+    """An unreachable tracking server answers in seconds, not after MLflow's minutes of retries (unless the
+    user set these variables)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    added = {k: v for k, v in quick.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 TRACKERS_FILE = "trackers.json"
