@@ -137,11 +137,13 @@ def _free_memory() -> int | None:
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """``model.load_state_dict(state)``, or a one-line ``CheckpointError`` listing what does not fit."""
     from vaekit.engine.checkpoint import fit_report
+    from vaekit.models.adapter import export_module
 
-    report = fit_report(model, state)
+    target = export_module(model)  # a wrapped module (diffusers, a user's) is saved under its own key names
+    report = fit_report(target, state)
     if report:
         raise CheckpointError(f"{source}: the weights do not fit this model ({report})")
-    model.load_state_dict(state)
+    target.load_state_dict(state)
 
 
 def _first_line(err: BaseException) -> str:

@@ -27,6 +27,7 @@ codebook statistics (usage, perplexity, dead codes) of validation and ``vaekit e
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -122,9 +123,19 @@ class QuantizedBottleneck(Bottleneck):
                  levels: list[int] | None = None, entropy_weight: float = 0.1, diversity_gamma: float = 1.0,
                  kmeans_init: bool = False, threshold_ema_dead_code: float = 0.0) -> None:
         super().__init__()
-        lib = _library()
         self.kind, self.channels = kind, channels
         self.commitment_weight, self.entropy_weight = commitment_weight, entropy_weight
+        # the library reads values of its own buffers while building (FSQ's codebook size): on the meta device
+        # (a size check before allocating) it is built on the CPU instead; it is a few kilobytes
+        on_meta = torch.empty(0).device.type == "meta"
+        with torch.device("cpu") if on_meta else contextlib.nullcontext():
+            self._build(kind, channels, codebook_size, codebook_dim, codebook, decay, num_quantizers, levels,
+                        diversity_gamma, kmeans_init, threshold_ema_dead_code)
+
+    def _build(self, kind: str, channels: int, codebook_size: int, codebook_dim: int | None, codebook: str,
+               decay: float, num_quantizers: int, levels: list[int] | None, diversity_gamma: float,
+               kmeans_init: bool, threshold_ema_dead_code: float) -> None:
+        lib = _library()
         self.learned = kind in ("vq", "rvq") and codebook == "learned"
         if kind in ("vq", "rvq"):
             common = dict(dim=channels, codebook_size=codebook_size, codebook_dim=codebook_dim, decay=decay,
