@@ -21,6 +21,9 @@ EPILOG = """examples:
   vaekit eval runs/RUN --split test              # metrics, a table and figures under runs/RUN/eval/
   vaekit compare runs/A runs/B --out cmp         # several models on the same batches
   vaekit export RUN_DIR --format diffusers       # a folder AutoencoderKL.from_pretrained loads
+  vaekit shard images/ --out shards/ --samples-per-shard 1000   # then data.source=webdataset data.path=shards/
+  vaekit encode RUN_DIR --out latents/           # latent shards + stats.json (scale/shift) + manifest.json
+  vaekit export RUN_DIR --format hub             # weights, configs and a model card; then `vaekit push`
 """
 
 
@@ -62,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (default): the run's test split when it has one, else val")
     p_eval.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory (checkpoints/step_XXXXXXXX)")
     p_eval.add_argument("--ema", action="store_true", help="with --checkpoint: its ema.safetensors")
+    p_eval.add_argument("--tiled", type=int, metavar="TILE", help="tiled vs untiled reconstruction with windows of "
+                        "TILE pixels: the error near the seams vs inside (eval/tiled-<split>.json)")
+    p_eval.add_argument("--overlap", type=int, metavar="PX", help="with --tiled: window overlap (default TILE/4)")
+    p_eval.add_argument("--tile-frames", type=int, metavar="T", help="with --tiled, video: temporal chunk length")
+    p_eval.add_argument("--frame-overlap", type=int, default=0, metavar="T", help="with --tile-frames: overlap")
     _eval_options(p_eval)
 
     p_cmp = sub.add_parser("compare", help="evaluate several runs on the same batches: compare.json/.md/.png")
@@ -73,12 +81,100 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_exp = sub.add_parser("export", help="write a run's weights (LoRA merged) as model.safetensors or a diffusers folder")
     p_exp.add_argument("run_dir", metavar="RUN_DIR")
-    p_exp.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
+    p_exp.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers", "hub"],
                        help="safetensors: OUT/model.safetensors (default OUT: RUN_DIR/export); diffusers: a "
-                       "save_pretrained folder (default OUT: RUN_DIR/diffusers)")
+                       "save_pretrained folder (default OUT: RUN_DIR/diffusers); hub: a folder ready to upload with "
+                       "a model card (default OUT: RUN_DIR/hub)")
     p_exp.add_argument("--checkpoint", metavar="PATH", help="a checkpoint directory instead of the run's export")
     p_exp.add_argument("--out", metavar="DIR", help="output folder")
+    _data_commands(sub)
     return parser
+
+
+# ------------------------------------------------------------------ shards and latents (issue 16)
+def _data_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shard", help="pack a folder, table or config's data into webdataset tar shards")
+    p.add_argument("src", metavar="SRC", help="a folder (images, sound or video files), a table file or a YAML config")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="data overrides for a config or table")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder for the shards")
+    p.add_argument("--samples-per-shard", type=int, default=1000, metavar="N")
+    p.add_argument("--labels", choices=["none", "folder"], default="none",
+                   help="folder: the class folder's index as each sample's cls member")
+    p.add_argument("--split", nargs="+", choices=["train", "val", "test"], default=None,
+                   help="a config's splits to pack (default: all, in that order)")
+
+    p = sub.add_parser("encode", help="encode a data set with a run's model: latent shards, stats.json, manifest.json")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", nargs="+", metavar="CONFIG_OR_OVERRIDES", help="a YAML (its data section) or data.* "
+                   "overrides (default: the run's own data)")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new folder (or one this encode left unfinished)")
+    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--mean", dest="mode", action="store_const", const="mean", help="the posterior mean (default)")
+    mode.add_argument("--sample", dest="mode", action="store_const", const="sample", help="one posterior draw")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "webdataset"])
+    p.add_argument("--samples-per-chunk", type=int, default=1024, metavar="N")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
+    _tiling_options(p)
+
+    p = sub.add_parser("push", help="upload a run's hub export (vaekit export --format hub) to the Hugging Face hub")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("repo_id", metavar="REPO_ID", help="owner/name on the hub")
+    p.add_argument("--private", action="store_true")
+
+    p = sub.add_parser("decode", help="decode latents written by `vaekit encode` back to images, wavs or mp4s")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("latents", metavar="LATENTS")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
+    _tiling_options(p)
+
+
+def _tiling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=int, metavar="PX", help="work in blended windows of PX pixels (large inputs)")
+    p.add_argument("--overlap", type=int, default=None, metavar="PX", help="with --tile: overlap (default PX/4)")
+    p.add_argument("--tile-frames", type=int, metavar="T", help="with --tile, video: temporal chunks of T frames")
+    p.add_argument("--frame-overlap", type=int, default=0, metavar="T")
+
+
+def _tiling(args: argparse.Namespace) -> dict | None:
+    if not args.tile:
+        return None
+    overlap = args.tile // 4 if args.overlap is None else args.overlap
+    return {"tile": args.tile, "overlap": overlap, "frames": args.tile_frames, "frame_overlap": args.frame_overlap}
+
+
+def _data_dispatch(args: argparse.Namespace) -> int | None:
+    if args.command == "shard":
+        from vaekit.data.pack import shard
+
+        out = shard(args.src, args.out, args.samples_per_shard, overrides=args.overrides,
+                    labels=args.labels == "folder", splits=args.split)
+        print(out)
+        return 0
+    if args.command == "encode":
+        from vaekit.latents.encode import encode_dataset
+
+        out = encode_dataset(args.run_dir, args.out, data=args.data, split=args.split, mode=args.mode or "mean",
+                             fmt=args.format, batch_size=args.batch_size, per_chunk=args.samples_per_chunk,
+                             device=args.device, tiling=_tiling(args))
+        if (out / "manifest.json").is_file():
+            print(out)
+        return 0
+    if args.command == "push":
+        from vaekit.pipeline.hub import push
+
+        print(push(args.run_dir, args.repo_id, private=args.private))
+        return 0
+    if args.command == "decode":
+        from vaekit.latents.encode import decode_latents
+
+        print(decode_latents(args.run_dir, args.latents, args.out, batch_size=args.batch_size, device=args.device,
+                             tiling=_tiling(args)))
+        return 0
+    return None
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
@@ -119,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    done = _data_dispatch(args)
+    if done is not None:
+        return done
     if args.command == "presets":
         from vaekit.config.load import list_presets
 
@@ -205,6 +304,8 @@ def _eval_command(args: argparse.Namespace) -> int:
     if args.ema and not args.checkpoint:
         raise ConfigError("--ema needs --checkpoint (the exported model.safetensors already holds the EMA weights)")
     loaded = load_for_eval(run_dir, args.checkpoint, args.ema)
+    if args.tiled:
+        return _tiled_eval(args, loaded, run_dir)
     data = resolve_data(args.overrides or None, loaded, args.split)
     split = data.split or args.split
     print(f"evaluating the {split} split ({len(data)} samples){_split_hint(args.split, split)}", file=sys.stderr)
@@ -223,6 +324,25 @@ def _eval_command(args: argparse.Namespace) -> int:
     print(markdown_table({loaded.name: result}))
     for name, reason in result["skipped"].items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _tiled_eval(args: argparse.Namespace, loaded, run_dir: Path) -> int:  # noqa: ANN001
+    """``vaekit eval --tiled``: RUN_DIR/eval/tiled-<split>.json."""
+    import json
+
+    from vaekit.eval.tiled import evaluate_tiled
+
+    kw = _eval_kwargs(args)
+    result = evaluate_tiled(loaded, args.overrides or None, split=args.split, tile=args.tiled, overlap=args.overlap,
+                            frames=args.tile_frames, frame_overlap=args.frame_overlap, batches=args.batches,
+                            batch_size=min(args.batch_size, 16), device=kw["device"])
+    (run_dir / "eval").mkdir(exist_ok=True)
+    path = run_dir / "eval" / f"tiled-{result['split']}.json"
+    path.write_text(json.dumps(result, indent=1))
+    for key, value in result.items():
+        print(f"{key:24s} {value:.4g}" if isinstance(value, float) else f"{key:24s} {value}")
     print(path)
     return 0
 

@@ -101,14 +101,59 @@ DataSource = Literal[
     "tags",
     "records",
     "tensor",
+    "webdataset",
+    "hf",
 ]
+
+
+class ShardsConfig(Section):
+    """``data.source=webdataset``: tar shards (see docs/guides/shards-and-latents.md)."""
+
+    member: str | None = None
+    """The member (extension after the key, e.g. ``jpg``, ``png``, ``mp4``, ``flac``, ``npy``) holding ``x``.
+    None: the first image/video/audio/array member of each sample."""
+    label: str | None = None
+    """The member holding ``y``: ``cls`` (an integer) or ``y.npy`` (an array). None: ``cls`` or ``y.npy`` when
+    the first sample has one, else no labels."""
+    val_path: str | None = None
+    """Shards of the validation split (a brace pattern, glob or URL). None: a seeded ``data.val_fraction``
+    (or ``data.split``) split of the samples of ``data.path``."""
+
+
+class HFConfig(Section):
+    """``data.source=hf``: a Hugging Face ``datasets`` dataset; ``data.path`` is a hub id, a ``save_to_disk``
+    folder, or Parquet/Arrow files (a file, a glob or a folder of them)."""
+
+    name: str | None = None
+    """The dataset's configuration name (``load_dataset(path, name)``), hub ids only."""
+    split: str = "train"
+    """The split holding the training (and, without ``val_split``, the validation) samples."""
+    val_split: str | None = None
+    """A split of its own for validation (e.g. ``validation``). None: a seeded ``data.val_fraction`` split."""
+    image_column: str | None = None
+    """The column of images (PIL images or ``{"bytes", "path"}`` dicts): ``x`` is the image, as image_folder."""
+    audio_column: str | None = None
+    """The column of audio (``{"array", "sampling_rate"}`` or ``{"bytes", "path"}``): ``x`` is a segment, as
+    audio_folder (``data.segment``, ``data.sample_rate``)."""
+    tags_column: str | None = None
+    """A column holding a list of tags (MusicCaps' ``aspect_list``): multi-hot ``x`` as the tags source (no image
+    or audio column), else multi-hot ``y``. ``data.min_count``/``data.max_tags`` shape the vocabulary."""
+    numeric_columns: list[str] | None = None
+    """Numeric columns: ``x`` (no image/audio/tags column) or ``y`` beside an image/audio ``x``."""
+    label_column: str | None = None
+    """A class-label column (``ClassLabel`` or integers): ``y``."""
+    streaming: bool = False
+    """Read the dataset as an iterable stream (datasets' ``streaming=True``) and keep the first
+    ``data.num_samples`` samples (required): for data sets larger than the disk, sampled from the head."""
+    revision: str | None = None
+    """A hub revision (branch, tag or commit)."""
 
 
 class DataConfig(Section):
     source: DataSource = "shapes"
     """Where samples come from: built-in procedural data (shapes, moving_shapes), MNIST, files (image_folder,
-    video_folder, audio_folder, table, tags, records) or Python objects (tensor, set by
-    ``vaekit.train(train_data=...)``)."""
+    video_folder, audio_folder, table, tags, records), tar shards (webdataset), Hugging Face datasets (hf) or
+    Python objects (tensor, set by ``vaekit.train(train_data=...)``)."""
     path: str | None = None
     """Directory (mnist: the IDX .gz files; image_folder: the image tree; video_folder: video files or frame
     folders; audio_folder: sound files) or file (table, tags, records)."""
@@ -206,6 +251,12 @@ class DataConfig(Section):
     """table: divide every value by this number before normalisation (255 for 8-bit pixels, 16 for the sklearn
     digits); kept in ``data_meta.json`` as ``scale``. None: values as read."""
 
+    # webdataset / hf
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    """webdataset: which members hold x and y; validation shards."""
+    hf: HFConfig = Field(default_factory=HFConfig)
+    """hf: the split and the columns of a Hugging Face dataset."""
+
     @field_validator("split")
     @classmethod
     def _split_fractions(cls, v: list[float] | None) -> list[float] | None:
@@ -233,6 +284,8 @@ class DataConfig(Section):
     def _channels_for_source(self) -> DataConfig:
         if self.channels is not None:
             ok = (1, 2) if self.source == "audio_folder" else (1, 3)
+            if self.source in ("webdataset", "hf"):  # images, video or audio: checked by the source
+                ok = (1, 2, 3)
             if self.channels not in ok:
                 raise ValueError(f"data.channels: must be {ok[0]} or {ok[1]} for data.source={self.source}")
         return self

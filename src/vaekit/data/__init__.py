@@ -3,7 +3,7 @@
 One module per source: `shapes` (procedural dSprites-style), `mnist` (IDX files), `images` (image folders),
 `video` (procedural moving shapes; streamed video files and frame folders), `audio` (streamed sound files),
 `tables` (CSV/TSV/Parquet/NumPy/ARFF), `tags` (multi-hot tag lists), `records` (long-format records pivoted to
-events × items), `tensors` (arrays from Python). See docs/design.md and docs/data_sources.md.
+events × items), `tensors` (arrays from Python), `shards` (webdataset tar shards), `hf` (Hugging Face datasets). See docs/design.md and docs/data_sources.md.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from vaekit.data.base import (
     split_indices,
     split_three,
 )
+from vaekit.data.hf import build_hf
 from vaekit.data.images import build_image_folder
 from vaekit.data.loader import BatchLoader
 from vaekit.data.mnist import build_mnist
 from vaekit.data.records import build_records
 from vaekit.data.shapes import build_shapes, make_shapes
+from vaekit.data.shards import build_shards
 from vaekit.data.tables import build_table
 from vaekit.data.tags import build_tags
 from vaekit.data.tensors import from_arrays
@@ -59,6 +61,8 @@ _BUILDERS = {
     "table": build_table,
     "tags": build_tags,
     "records": build_records,
+    "webdataset": build_shards,
+    "hf": build_hf,
 }
 
 

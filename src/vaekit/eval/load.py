@@ -19,7 +19,8 @@ def load_model(path: str | Path, model: nn.Module | None = None, map_location: s
     """A trained model from a run directory or a ``model.safetensors`` (its config is stored beside/in it).
 
     Args:
-        path: a run directory, a checkpoint directory, or a ``.safetensors`` file.
+        path: a run directory, a checkpoint directory, a ``.safetensors`` file, a ``vaekit export --format hub``
+            folder, or the hub id (``owner/name``) such a folder was pushed to.
         model: for a run that trained a user module: a fresh instance of that class to load the weights into.
 
     Raises:
@@ -31,7 +32,7 @@ def load_model(path: str | Path, model: nn.Module | None = None, map_location: s
 
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(f"load_model: model= must be an nn.Module instance, got {type(model).__name__}")
-    path = Path(path)
+    path = resolve_hub(path)
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
@@ -47,6 +48,22 @@ def load_model(path: str | Path, model: nn.Module | None = None, map_location: s
         model = rebuild_model(model_config, path)
     load_state(model, state, path)
     return model.eval()
+
+
+def resolve_hub(path: str | Path) -> Path:
+    """A local path as is; else ``owner/name`` fetched with ``huggingface_hub.snapshot_download`` (one line when
+    the hub cannot serve it)."""
+    p, text = Path(path), str(path)
+    if p.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")) or text.endswith(".safetensors"):
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=["model.safetensors", "*.json", "*.yaml", "README.md"]))
+    except Exception as err:  # noqa: BLE001 - offline, missing, gated: the hub raises many kinds; all one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"load_model: {text} is not a local path and the hub cannot serve it ({first}); "
+                          "download the folder where the hub is reachable and pass its path") from None
 
 
 def stored_model_config(path: Path) -> dict[str, Any]:

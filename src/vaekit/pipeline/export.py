@@ -13,7 +13,7 @@ from typing import Any
 
 from vaekit.errors import CheckpointError, ConfigError
 
-FORMATS = ("safetensors", "diffusers")
+FORMATS = ("safetensors", "diffusers", "hub")
 
 
 def _source(run_dir: Path, checkpoint: str | None) -> Path:
@@ -56,7 +56,8 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
     Args:
         run_dir: a run directory (with ``config.yaml``).
         fmt: ``safetensors`` (``{out}/model.safetensors`` + ``model_config.json``; default out ``RUN_DIR/export``)
-            or ``diffusers`` (a ``save_pretrained`` folder; default ``RUN_DIR/diffusers``; model.arch=diffusers).
+            or ``diffusers`` (a ``save_pretrained`` folder; default ``RUN_DIR/diffusers``; model.arch=diffusers)
+            or ``hub`` (a folder ready to upload with a model card; default ``RUN_DIR/hub``; see `pipeline.hub`).
         checkpoint: a checkpoint directory or ``.safetensors`` file instead of the run's own export.
         out: the output folder.
     """
@@ -74,6 +75,10 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
         raise ConfigError(f"--format: {fmt!r}; use one of {', '.join(FORMATS)}")
     if not (run_dir / "config.yaml").is_file() or not is_run_dir(run_dir):
         raise ConfigError(f"{run_dir}: not a vaekit run directory (no .vaekit-run marker or checkpoint)")
+    if fmt == "hub":
+        from vaekit.pipeline.hub import export_hub
+
+        return export_hub(run_dir, Path(out) if out else None, checkpoint, export_run)
     cfg = load_config(run_dir / "config.yaml")
     if fmt == "diffusers" and cfg.model.arch != "diffusers":
         raise ConfigError(f"--format diffusers: the run trained model.arch={cfg.model.arch}, not a diffusers "
@@ -106,7 +111,8 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
             if fmt == "diffusers":
                 assert module is not None
                 module.load_state_dict(state)
-                return save_diffusers(module, folder)
+                _latent_factors(run_dir, save_diffusers(module, folder))
+                return folder
             meta = {"config": model_cfg or {}, "vaekit_config": cfg.model_dump(mode="json")}
             _save_state(state, folder / "model.safetensors", meta, save_weights)
             (folder / "model_config.json").write_text(json.dumps(model_cfg or {}, indent=1))
@@ -132,6 +138,16 @@ def _model_config(run_dir: Path, weights: Path, state: dict[str, Any], arch: str
     if report:
         raise CheckpointError(f"{weights}: the weights do not fit the model of {file} ({report})")
     return model_cfg
+
+
+def _latent_factors(run_dir: Path, folder: Path) -> None:
+    """The run's latent scale/shift (summary.json, written at the end of training) into the diffusers config."""
+    from vaekit.latents.stats import write_diffusers_factors
+
+    summary = run_dir / "summary.json"
+    stats = json.loads(summary.read_text()).get("latent_stats") if summary.is_file() else None
+    if stats:
+        write_diffusers_factors(folder, stats)
 
 
 def _save_state(state: dict[str, Any], path: Path, meta: dict[str, Any], save_weights: Any) -> None:

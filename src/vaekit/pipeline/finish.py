@@ -12,6 +12,7 @@ from vaekit.config.schema import VaekitConfig
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.plan import Plan
 from vaekit.errors import RunDirError
+from vaekit.latents.stats import stats_of_batches, write_diffusers_factors
 from vaekit.models import count_parameters
 from vaekit.models.adapter import export_module
 from vaekit.models.diffusers import DiffusersVAE, save_diffusers
@@ -30,6 +31,9 @@ def finish_run(run: RunParts, plan: Plan) -> dict[str, Any]:
     if not run.rt.is_main:
         return {}
     _export(run, export_module(t.eval_model()) if full is None else full)
+    latent = _latent_stats(run, plan) if full is None else None
+    if latent is not None and (run.run_dir / "diffusers").is_dir():
+        write_diffusers_factors(run.run_dir / "diffusers", latent)
     records = t.tracker.records
     last_val = next((r for r in reversed(records) if r["split"] == "val"), {})
     last_train = next((r for r in reversed(records) if r["split"] == "train" and r.get("kind") == "epoch"), {})
@@ -48,6 +52,7 @@ def finish_run(run: RunParts, plan: Plan) -> dict[str, Any]:
         "checkpoint": str(ckpt.latest_checkpoint(run.run_dir / "checkpoints")),
         "model": str(run.run_dir / "model.safetensors"),
         **_export_paths(run),
+        "latent_stats": latent,
     }
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     if run.cfg.log.plots:
@@ -74,6 +79,21 @@ def _export(run: RunParts, export: nn.Module) -> None:
     (run.run_dir / "model_config.json").write_text(json.dumps(model_cfg, indent=1))
     if isinstance(t.eval_model(), DiffusersVAE):
         save_diffusers(export, run.run_dir / "diffusers")
+
+
+def _latent_stats(run: RunParts, plan: Plan) -> dict[str, Any] | None:
+    """Per-channel latent mean/std and the diffusion scale/shift (`vaekit.latents.stats`) of the posterior means
+    of the validation split, in one pass on this (the main) process; None without validation samples."""
+    from vaekit.data.loader import BatchLoader
+
+    val = plan.data.val
+    if val is None or not hasattr(val, "__len__") or len(val) == 0 or not hasattr(val, "__getitem__"):
+        return None
+    model = run.trainer.eval_model()
+    loader = BatchLoader(val, plan.cfg.train.batch_size, shuffle=False, drop_last=False, seed=run.cfg.run.seed)
+    device = next(model.parameters()).device
+    moved = ({k: v.to(device) for k, v in b.items()} for b in loader)
+    return stats_of_batches(model.encode, moved)  # float32: the figures a diffusion model is trained with
 
 
 def _test_metrics(run: RunParts, plan: Plan) -> dict[str, float]:
