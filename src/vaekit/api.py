@@ -16,13 +16,43 @@ from vaekit.errors import ConfigError
 from vaekit.eval.load import load_model as load_model  # lives with the loading for evaluation
 
 
+class History(list):
+    """The run's records (a list, as before), also indexed by the names a training script keeps per epoch:
+    ``history["train_loss"]``, ``history["train_recon_loss"]``, ``history["train_kl_loss"]``, ``history["val_loss"]``,
+    ... (``{split}_{term}``, ``_loss`` optional after a term; train: the epoch means; val: one per validation)."""
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if not isinstance(key, str):
+            return super().__getitem__(key)
+        split, _, term = key.partition("_")
+        if split not in ("train", "val", "test") or not term:
+            raise KeyError(f"{key!r}: use '<split>_<term>', e.g. train_loss, train_recon_loss, val_kl_loss")
+        if term != "loss":
+            term = term.removesuffix("_loss")
+        rows = [r for r in self if r.get("split") == split and (split != "train" or r.get("kind") == "epoch")]
+        if not any(term in r for r in rows):
+            names = sorted({f"{split}_{k}" for r in rows for k, v in r.items() if isinstance(v, float)})
+            raise KeyError(f"{key!r}: no such term; this run has {', '.join(names) or 'no ' + split + ' records'}")
+        return [r[term] for r in rows if term in r]
+
+    def keys(self) -> list[str]:
+        """The per-epoch names ``history[...]`` answers (``train_loss``, ``val_recon``, ...)."""
+        out = []
+        for r in self:
+            if r.get("split") == "train" and r.get("kind") != "epoch":
+                continue
+            out.extend(f"{r['split']}_{k}" for k, v in r.items() if isinstance(v, float) and k != "time")
+        return list(dict.fromkeys(out))
+
+
 @dataclass
 class TrainResult:
     """What a finished run returns."""
 
     run_dir: Path
-    history: list[dict[str, Any]]
-    """Per-epoch train means (``"kind": "epoch"``) and every validation (and test) record, all loss terms."""
+    history: History
+    """Per-epoch train means (``"kind": "epoch"``) and every validation (and test) record, all loss terms; also
+    per-epoch lists by name: ``history["train_loss"]``, ``history["val_recon_loss"]``, ..."""
     checkpoint: Path | None
     """The final checkpoint directory (resumable)."""
     model_path: Path
@@ -81,10 +111,12 @@ def train(
         overrides: dotted overrides, as on the command line (``["optim.lr=1e-4"]``).
         hooks: callables ``hook(event, state)`` called at "epoch_start", "epoch_end" and "stage_end" (observers
             only, e.g. timers; ``state`` is the live ``TrainState``: step, epoch, stage).
-        **kwargs: section overrides, e.g. ``train={"epochs": 2}`` or ``train__epochs=2``.
+        **kwargs: section overrides, e.g. ``train={"epochs": 2}`` or ``train__epochs=2``; ``device="cpu"`` or
+            ``cpu=True`` sets ``train.device=cpu``.
     """
     from vaekit.pipeline.run import Pipeline
 
+    _device_choice(kwargs)
     _check_arguments(overrides, hooks, {"x": x, "val_x": val_x, "train_data": train_data, "val_data": val_data})
     if isinstance(model, Mapping):
         kwargs["model"] = model
@@ -126,16 +158,35 @@ def train(
     trained = trainer.eval_model()
     return TrainResult(
         run_dir=outcome.run_dir,
-        history=[
+        history=History(
             {k: v for k, v in r.items() if k != "time"}
             for r in outcome.records
             if r["split"] != "train" or r.get("kind") == "epoch"
-        ],
+        ),
         checkpoint=latest_checkpoint(outcome.run_dir / "checkpoints"),
         model_path=outcome.run_dir / "model.safetensors",
         model=trained if model is None else export_module(trained),
         config=outcome.config,
         summary=outcome.summary,
+    )
+
+
+def _device_choice(kwargs: dict[str, Any]) -> None:
+    """``device="cpu"`` / ``cpu=True`` (a Lightning habit) become ``train.device``; a device vaekit cannot pick
+    this way is refused with a pointer."""
+    cpu = kwargs.pop("cpu", None)
+    device = kwargs.pop("device", None)
+    if cpu is not None:
+        device = "cpu" if cpu else device or "auto"
+    if device is None:
+        return
+    name = str(device)
+    if name in ("cpu", "auto", "cuda", "mps"):
+        kwargs["train__device"] = "cpu" if name == "cpu" else "auto"
+        return
+    raise ConfigError(
+        f"device: {name!r} cannot be chosen here; vaekit uses the GPU Accelerate finds (train.device=auto) or "
+        "the CPU (device='cpu', train.device=cpu); pick one GPU with CUDA_VISIBLE_DEVICES, several with torchrun"
     )
 
 

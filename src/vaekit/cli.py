@@ -15,6 +15,7 @@ EPILOG = """examples:
   vaekit train                                   # conv VAE on the built-in shapes data, a few minutes on CPU
   vaekit train cfg.yaml train.epochs=5 optim.lr=3e-4
   vaekit train --preset beta-vae data.source=mnist data.path=DIR
+  vaekit train --preset tags-medium,beta-vae data.source=tags data.path=tags.csv   # presets compose in order
   vaekit train --resume runs/shapes-conv-20260101-120000
   vaekit validate cfg.yaml                       # check and summarise without training
   vaekit train examples/audio_digits.yaml        # one example config per modality in examples/
@@ -47,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="train a model (defaults: conv VAE on procedural shapes; --preset beta-vae for β=4)")
     p_train.add_argument("args", nargs="*", metavar="[CONFIG] [key.path=value ...]")
     p_train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p_train.add_argument("--preset", help="start from a named preset (see `vaekit presets`)")
+    p_train.add_argument("--preset", action="append", metavar="NAME[,NAME]",
+                         help="start from named presets, applied in order, a later one winning (see `vaekit presets`); "
+                         "repeat it or separate names with commas; accepted anywhere among the overrides")
 
     p_val = sub.add_parser("validate", help="check a config and print what it would train, without training")
     p_val.add_argument("args", nargs="*", metavar="[CONFIG] [key.path=value ...]")
-    p_val.add_argument("--preset", help="start from a named preset")
+    p_val.add_argument("--preset", action="append", metavar="NAME[,NAME]",
+                       help="start from named presets, applied in order (as for train)")
     p_val.add_argument("--no-data", action="store_true", help="do not read the data (no sizes, no parameter count)")
 
     sub.add_parser("presets", help="list the named presets")
@@ -184,11 +188,19 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics", help="comma-separated metric names (default: those that fit the data)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda, else mps, else cpu)")
+    p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"], help="LPIPS backbone")
+    p.add_argument("--lpips-weights", metavar="PATH",
+                   help="the LPIPS backbone's torchvision weights file (default: the torch hub cache; without "
+                   "them LPIPS is skipped, and said so)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # train/validate: overrides after an option (`--preset a x=1`) are overrides too
+        if args.command not in ("train", "validate") or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args = [*args.args, *extra]
     if args.version:
         from vaekit import __version__
 
@@ -242,6 +254,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(config, overrides, preset=args.preset)
         _check_weights(cfg)
         print(summarize(cfg, build=not args.no_data))
+        _print_warnings(cfg)
         print("config OK")
         return 0
 
@@ -255,14 +268,26 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         result = api.train(resume=args.resume, overrides=overrides)
     else:
-        cfg = load_config(resolve_dict(config, overrides, preset=args.preset))
+        tree = resolve_dict(config, overrides, preset=args.preset)
+        cfg = load_config(tree)
         _check_weights(cfg)
+        _print_warnings(cfg)
         import vaekit.api as api
 
-        result = api.train(cfg)
+        # the merged tree, not the validated config: which keys the user set survives, so loss.recon left unset
+        # is resolved from the data as the Python API does
+        result = api.train(tree)
     if _is_main():
         print(Path(result.run_dir))
     return 0
+
+
+def _print_warnings(cfg) -> None:  # noqa: ANN001
+    """Settings that are valid but train differently from what they may seem to ask for, on stderr."""
+    from vaekit.config.notes import config_warnings
+
+    for line in config_warnings(cfg) if _is_main() else []:
+        print(line, file=sys.stderr)
 
 
 def _check_weights(cfg) -> None:  # noqa: ANN001
@@ -277,8 +302,11 @@ def _check_weights(cfg) -> None:  # noqa: ANN001
 
 
 def _eval_kwargs(args: argparse.Namespace) -> dict:
+    from vaekit.errors import ConfigError
     from vaekit.utils import get_device
 
+    if args.lpips_weights and not Path(args.lpips_weights).is_file():
+        raise ConfigError(f"--lpips-weights: {args.lpips_weights!r} is not a file")
     return {
         "split": args.split,
         "batches": args.batches,
@@ -287,6 +315,8 @@ def _eval_kwargs(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "metrics": args.metrics.split(",") if args.metrics else None,
         "device": args.device or get_device(),
+        "lpips_net": args.lpips_net,
+        "lpips_weights": args.lpips_weights,
         "progress": True,
     }
 
@@ -359,6 +389,11 @@ def _compare_command(args: argparse.Namespace) -> int:
     out = Path(args.out or f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     result = compare(args.runs, data, out_dir=out, **_eval_kwargs(args))
     print(markdown_table(result["results"]))
+    skipped: dict[str, str] = {}
+    for run in result["results"].values():  # as eval does: what was left out, and why
+        skipped.update(run.get("skipped", {}))
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}", file=sys.stderr)
     for note in result["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print(out)

@@ -496,7 +496,7 @@ def test_spectral_term_reaches_the_reconstruction() -> None:
     recon = torch.randn(2, 1, 256, requires_grad=True)
     out = Output(recon, torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3))
     total, terms = VAEObjective(cfg)(target, out, step=0)
-    torch.testing.assert_close(total.detach(), 0.5 * 256 * terms["spectral"])  # per element, N = 1·256
+    torch.testing.assert_close(total.detach(), 0.5 * terms["spectral"])  # per clip: λ·MRSTFT, not ×N
     total.backward()
     assert recon.grad is not None and recon.grad.abs().sum() > 0
 

@@ -30,6 +30,7 @@ def check_config(cfg: VaekitConfig) -> None:
         prefix = f"stages.{st.index}." if cfg.stages else ""
         _check_optim(st.cfg, prefix)
         _check_finetune(st.cfg, prefix)
+        _check_output_activation(st.cfg, prefix)
         _check_model_size(cfg.model, st.cfg.data, f" (with stages.{st.index}.data)" if cfg.stages else "")
         _check_bottleneck(cfg.model, st.cfg, prefix)
         _check_resnet_input(cfg.model, st.cfg.data, f" (stages.{st.index}.data)" if cfg.stages else "")
@@ -52,6 +53,14 @@ def _check_finetune(cfg: VaekitConfig, prefix: str) -> None:
     if cfg.train.strategy == "fsdp":
         raise ConfigError(f"{prefix}finetune.mode: lora is not supported with train.strategy=fsdp (adapters "
                           "are injected into and merged from unsharded weights); use train.strategy=ddp")
+
+
+def _check_output_activation(cfg: VaekitConfig, prefix: str) -> None:
+    act = cfg.model.output_activation
+    if act != "none" and cfg.loss.recon == "bce" and cfg.model.arch in ("conv", "mlp"):
+        raise ConfigError(f"model.output_activation: {act} is for mse/l1/gaussian, but {prefix}loss.recon is bce "
+                          "(whose logits already pass through a sigmoid); set loss.recon=mse or "
+                          "model.output_activation=none")
 
 
 def estimate_parameters(model: ModelConfig, data: DataConfig) -> tuple[int, int]:

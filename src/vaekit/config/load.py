@@ -55,6 +55,37 @@ def load_preset(name: str) -> dict[str, Any]:
     return yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {}
 
 
+def preset_names(value: Any) -> list[str]:
+    """A preset setting as an ordered list: a name, a comma-separated string (``"tags-small,beta-vae"``) or a list
+    of those; empty entries are dropped (names are checked by ``load_preset``)."""
+    if value is None:
+        return []
+    out: list[Any] = []
+    for item in value if isinstance(value, list | tuple) else [value]:
+        if isinstance(item, str):
+            out.extend(part.strip() for part in item.split(",") if part.strip())
+        else:
+            out.append(item)
+    return out
+
+
+def compose_presets(names: list[str]) -> dict[str, Any]:
+    """The presets merged in order: a later preset's keys win over an earlier one's."""
+    tree: dict[str, Any] = {}
+    for name in names:
+        tree = deep_merge(tree, load_preset(name))
+    return tree
+
+
+def preset_keys(names: list[str]) -> dict[str, tuple[str, Any]]:
+    """Dotted key → (the preset that set it, its value) for presets applied in this order (the last one wins)."""
+    out: dict[str, tuple[str, Any]] = {}
+    for name in names:
+        for path, value in _flatten(load_preset(name)):
+            out[".".join(path)] = (name, value)
+    return out
+
+
 # ------------------------------------------------------------------------------------- bounded YAML
 def safe_yaml(text: str, where: str) -> Any:
     """``yaml.safe_load`` that refuses deep nesting and alias expansion beyond the budgets, in one line.
@@ -258,7 +289,7 @@ def check_tree(tree: Any, where: str = "config") -> None:
 def resolve_dict(
     source: str | Path | Mapping[str, Any] | VaekitConfig | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
-    preset: str | None = None,
+    preset: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """The merged raw dict (not yet validated): preset → file/dict → overrides."""
     if isinstance(source, VaekitConfig):
@@ -270,19 +301,46 @@ def resolve_dict(
         tree = {}
     else:
         tree = read_yaml(source)
+        _paths_from_file(tree, Path(source).parent)
 
     items = _override_items(overrides)
-    for path, value in items:  # a preset may be chosen on the command line too
-        if path == ["preset"]:
-            preset = value
-    preset = preset or tree.get("preset")
-    if preset:
-        tree = deep_merge(load_preset(preset), tree)
-        tree["preset"] = preset
+    # presets apply in order: the file's, then --preset (one or several), then preset=... overrides; a later
+    # preset wins over an earlier one, and the file and overrides win over every preset
+    names = preset_names(tree.get("preset")) + preset_names(preset)
     for path, value in items:
-        set_dotted(tree, path, value)
+        if path == ["preset"]:
+            names += preset_names(value)
+    names = [n for i, n in enumerate(names) if n not in names[i + 1 :]]  # a repeated name counts where it is last
+    if names:
+        tree = deep_merge(compose_presets(names), tree)
+        tree["preset"] = names[0] if len(names) == 1 else names
+    elif "preset" in tree:
+        tree["preset"] = None
+    for path, value in items:
+        if path != ["preset"]:
+            set_dotted(tree, path, value)
     check_tree(tree)
     return tree
+
+
+DATA_PATH_KEYS = ("path", "events_path")
+
+
+def _paths_from_file(tree: dict[str, Any], folder: Path) -> None:
+    """A config file's relative data paths name files beside the config: each one that exists relative to the
+    file's folder becomes that path (else it stays relative to the current directory, as before)."""
+    defaults, stages = tree.get("stage_defaults"), tree.get("stages")
+    sections = [tree.get("data"), defaults.get("data") if isinstance(defaults, dict) else None]
+    sections += [st.get("data") for st in (stages if isinstance(stages, list) else []) if isinstance(st, dict)]
+    for data in sections:
+        if not isinstance(data, dict):
+            continue
+        for key in DATA_PATH_KEYS:
+            value = data.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                beside = folder / value
+                if beside.exists():
+                    data[key] = os.path.normpath(beside)
 
 
 def _override_items(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[list[str], Any]]:
@@ -313,7 +371,7 @@ def _flatten(tree: Mapping[str, Any], prefix: list[str] | None = None) -> list[t
 def load_config(
     source: str | Path | Mapping[str, Any] | VaekitConfig | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
-    preset: str | None = None,
+    preset: str | list[str] | None = None,
 ) -> VaekitConfig:
     """Validate the merged config. Raises ``ConfigError`` with one line naming key, value and what is allowed."""
     tree = resolve_dict(source, overrides, preset)

@@ -435,7 +435,13 @@ class ModelConfig(Section):
     gaussian_logvar: Literal["scalar", "pixel"] = "scalar"
     """With ``loss.recon: gaussian``: one learned log-variance, or one per output element (decoder head)."""
     grad_checkpointing: bool = False
-    """Recompute each block in the backward pass (less memory, more compute)."""
+    """Recompute activations in the backward instead of keeping them (built-in blocks; a user module's
+    ``encoder``/``decoder`` children; a diffusers model's own switch)."""
+    leaky_slope: float = Field(0.2, ge=0.0, lt=1.0)
+    """``activation: leaky_relu``: the negative slope (PyTorch's own default is 0.01)."""
+    output_activation: Literal["none", "tanh", "sigmoid"] = "none"
+    """Built-in models: the decoder's mean passes through tanh (data in [-1, 1]) or a sigmoid (data in [0, 1]).
+    For mse, l1 and gaussian; bce already maps its logits through a sigmoid."""
     bottleneck: BottleneckConfig = Field(default_factory=BottleneckConfig)
     """The latent: Gaussian (default) or quantised (vq, rvq, fsq, lfq); for mlp, conv and resnet."""
     resnet: ResNetConfig = Field(default_factory=ResNetConfig)
@@ -514,6 +520,9 @@ class DenoiseConfig(Section):
     """Gaussian noise added to training inputs (targets stay clean)."""
     mask_rate: float = Field(0.0, ge=0.0, lt=1.0)
     """Fraction of input elements zeroed during training."""
+    rescale: bool = False
+    """Scale the kept input elements by ``1 / (1 - mask_rate)``, as ``nn.Dropout`` on the input does (a
+    Lightning model's input dropout). False: zeroed only, the rest unchanged."""
 
 
 class PerceptualConfig(Section):
@@ -533,7 +542,8 @@ class PerceptualConfig(Section):
 
 class SpectralConfig(Section):
     weight: float = Field(0.0, ge=0.0)
-    """Multi-resolution STFT term (audio); 0 disables it."""
+    """Multi-resolution STFT term (audio): ``weight·MRSTFT`` per clip (a mean over frequency bins and frames, as
+    a mean-reduced trainer's λ); 1 is a sensible start (the audio preset); 0 disables it."""
     fft_sizes: list[int] = Field(default_factory=lambda: [1024, 2048, 512])
     """FFT size per resolution (fft_sizes, hop_sizes and win_lengths must have equal lengths)."""
     hop_sizes: list[int] = Field(default_factory=lambda: [120, 240, 50])
@@ -598,6 +608,12 @@ class LossConfig(Section):
     """Weight of the reconstruction NLL."""
     beta: float = Field(1.0, ge=0.0)
     """KL weight β (the final weight of the linear/cyclical schedules)."""
+    reduction: Literal["sum", "mean"] = "sum"
+    """How the reconstruction enters the loss. sum: summed over a sample's N elements (nats per sample, the
+    ELBO); the perceptual distance is then added to each element (×N). mean: averaged over them, as
+    ``F.mse_loss(recon, x)`` in a mean-reduced script, so its ``kld_weight`` is this ``beta`` unchanged (in sum
+    units: ``beta = kld_weight·N``). The spectral term is ``spectral.weight·MRSTFT`` in both. The logged ``recon``
+    stays the summed NLL either way."""
     kl: KLConfig = Field(default_factory=KLConfig)
     """KL schedule and free bits."""
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
@@ -691,6 +707,9 @@ class TrainConfig(Section):
     """Validate every N optimizer steps. Default: at the end of every epoch."""
     val_batches: int | None = Field(None, ge=1)
     """Limit validation to this many batches."""
+    limit_batches: int | None = Field(None, ge=1)
+    """Train on at most this many batches per epoch (Lightning's ``limit_train_batches`` as a count): a quick
+    test of a long pipeline. None: every batch."""
     ckpt_every: int | None = Field(None, ge=1)
     """Checkpoint every N optimizer steps (also at every epoch end and at the end of the run)."""
     keep_last: int = Field(2, ge=1)
@@ -710,6 +729,9 @@ class TrainConfig(Section):
     (FSDP2; through Accelerate on GPUs, torch's ``fully_shard`` on CPU). Checkpoints hold full weights either way."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms (slower on GPU)."""
+    device: Literal["auto", "cpu"] = "auto"
+    """auto: the accelerator Accelerate finds (CUDA, MPS), else the CPU; cpu: the CPU even when a GPU is there.
+    Pick one GPU of several with ``CUDA_VISIBLE_DEVICES``. From Python: ``vaekit.train(..., device="cpu")``."""
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -805,7 +827,8 @@ class StageConfig(BaseModel):
     mode: Literal["below", "above"] = "below"
     """Direction of the threshold / improvement."""
     plateau_window: int | None = Field(None, ge=2)
-    """End when ``metric`` improved less than ``plateau_threshold`` over this many observations."""
+    """End the stage when ``metric`` (smoothed) improved by less than ``plateau_threshold`` (relative) over the
+    last this many OPTIMIZER STEPS (compared with its newest value at least that old)."""
     plateau_threshold: float | None = Field(None, gt=0.0)
     """Relative improvement for the plateau rule; default 1e-3 when unset."""
     max_epochs: int | None = Field(None, ge=1)
@@ -850,8 +873,9 @@ class StageConfig(BaseModel):
 
 # ------------------------------------------------------------------------------------------- all
 class VaekitConfig(Section):
-    preset: str | None = None
-    """The preset this config started from (informational; applied at load time)."""
+    preset: str | list[str] | None = None
+    """The preset(s) this config started from, applied in order at load time (a later one wins; the file and the
+    overrides win over all): a name, ``"tags-small,beta-vae"`` or a list."""
     run: RunConfig = Field(default_factory=RunConfig)
     """The run directory and seed."""
     data: DataConfig = Field(default_factory=DataConfig)
@@ -883,3 +907,10 @@ class VaekitConfig(Section):
         if isinstance(v, list) and len(v) > MAX_STAGES:  # before validating thousands of items
             raise ValueError(f"at most {MAX_STAGES} stages (got {len(v)})")
         return v
+
+    @model_validator(mode="after")
+    def _diffusers_default_recon(self) -> VaekitConfig:
+        # a diffusers decoder outputs samples, not logits: its default likelihood is mse, not the global bce
+        if self.model.arch == "diffusers" and "recon" not in self.loss.model_fields_set:
+            self.loss.recon = "mse"
+        return self

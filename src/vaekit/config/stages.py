@@ -17,7 +17,7 @@ from vaekit.errors import ConfigError
 SECTIONS = ("data", "loss", "optim", "disc_optim", "train", "log", "eval", "finetune")
 GROUPS = ("encoder", "decoder", "discriminator")
 RUN_WIDE_TRAIN_KEYS = (
-    "ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s", "strategy",
+    "ema", "nan_policy", "nan_skip_limit", "keep_last", "compile", "deterministic", "timeout_s", "strategy", "device",
 )
 
 
@@ -110,6 +110,8 @@ def check_stages(
             raise ConfigError(f"{where}: no length; set epochs, steps, or a metric/plateau transition")
         if spec.metric is not None and spec.threshold is None and spec.plateau_window is None:
             raise ConfigError(f"{where}.threshold: required with metric {spec.metric!r} (or set plateau_window)")
+        if spec.threshold is not None and spec.metric is None:
+            raise ConfigError(f"{where}.metric: required with threshold {spec.threshold:g} (the metric to compare)")
         if spec.plateau_window is not None and spec.metric is None:
             raise ConfigError(f"{where}.metric: required with plateau_window (the metric to watch)")
         if has_metric and spec.max_epochs is None and spec.max_steps is None and spec.epochs is None and spec.steps is None:

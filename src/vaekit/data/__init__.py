@@ -3,7 +3,7 @@
 One module per source: `shapes` (procedural dSprites-style), `mnist` (IDX files), `images` (image folders),
 `video` (procedural moving shapes; streamed video files and frame folders), `audio` (streamed sound files),
 `tables` (CSV/TSV/Parquet/NumPy/ARFF), `tags` (multi-hot tag lists), `records` (long-format records pivoted to
-events × items), `tensors` (arrays from Python), `shards` (webdataset tar shards), `hf` (Hugging Face datasets). See docs/design.md and docs/data_sources.md.
+events × items), `tensors` (arrays from Python), `shards` (webdataset tar shards), `hf` (Hugging Face datasets). See docs/design.md and docs/guides/data-formats.md.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class Blocks:
         st, cfg = self.state, plan.cfg
         logged = self.metrics.maybe_log(st, cfg.log.every, cfg.train.batch_size * cfg.train.grad_accum)
         for name, value in (logged or {}).items():
-            plan.clock.observe(f"train/{name}", value)
+            plan.clock.observe(f"train/{name}", value, st.step)
         self.console.update(1, {k: logged[k] for k in ("loss", "recon", "kl") if k in logged} if logged else None)
         if self.validator.due(plan, st, epoch_end=False):
             self.validate(plan)
@@ -93,7 +93,7 @@ class Blocks:
         self.metrics.write({**self.metrics.where, "step": st.step, "epoch": st.epoch, "split": "val", **means}, st)
         self.metrics.check_validation(terms, st)
         for name, value in means.items():
-            plan.clock.observe(f"val/{name}", value)
+            plan.clock.observe(f"val/{name}", value, st.step)
         if "loss" in means:
             for update in plan.updates.values():
                 update.schedule.step_metric(means["loss"])

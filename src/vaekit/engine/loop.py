@@ -27,6 +27,12 @@ from vaekit.engine.updates import Update
 from vaekit.engine.validation import Validator
 
 
+def epoch_batches(plan: Plan) -> int:
+    """Batches in one epoch of the plan: the loader's, or ``train.limit_batches`` when fewer."""
+    n, limit = len(plan.train_loader), plan.cfg.train.limit_batches
+    return min(n, limit) if limit is not None else n
+
+
 class Trainer(Blocks):
     """Runs plans on one model (and discriminator) with one EMA, RNG, noise stream, meters and checkpoints."""
 
@@ -60,8 +66,10 @@ class Trainer(Blocks):
             while reason is None:
                 plan.train_loader.set_epoch(st.epoch)
                 self.emit("epoch_start")
-                micro, n = [], len(plan.train_loader)
+                micro, n = [], epoch_batches(plan)
                 for batch in plan.train_loader.iter_from(st.batch_in_epoch):
+                    if st.batch_in_epoch >= n:  # train.limit_batches: the rest of the epoch is skipped
+                        break
                     micro.append(batch)
                     st.batch_in_epoch += 1
                     if len(micro) < accum and st.batch_in_epoch < n:
@@ -76,7 +84,9 @@ class Trainer(Blocks):
                 if reason is None:  # the epoch ended
                     self.emit("epoch_end")
                     self.metrics.epoch_record(st)
-                    if self.validator.due(plan, st, epoch_end=True):
+                    # not twice at one step: a finished run extended by --resume starts at an epoch whose last
+                    # step the stage end already validated
+                    if self.validator.due(plan, st, epoch_end=True) and st.last_val_step != st.step:
                         self.validate(plan)
                     st.epoch, st.batch_in_epoch = st.epoch + 1, 0
                     reason = plan.clock.metric_done() or plan.clock.epochs_done(st.epoch)

@@ -28,6 +28,6 @@ class GlobalNoise:
             full = (global_b, *x.shape[1:])
             gauss = torch.randn(full, generator=g, device=dev)[lo : lo + b] if den.noise_std > 0 else None
             keep = torch.rand(full, generator=g, device=dev)[lo : lo + b] >= den.mask_rate if den.mask_rate > 0 else None
-            x_in = corrupt(x, den.noise_std, den.mask_rate, noise=gauss, keep=keep)
+            x_in = corrupt(x, den.noise_std, den.mask_rate, noise=gauss, keep=keep, rescale=den.rescale)
         noise = torch.randn((global_b, *latent), generator=g, device=dev)
         return x_in, noise if self.world == 1 else noise[lo : lo + b]

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,13 +42,14 @@ class Runtime:
     """
 
     def __init__(self, precision: str, deterministic: bool = False, timeout_s: float = 300.0,
-                 strategy: str = "ddp") -> None:
+                 strategy: str = "ddp", device: str = "auto") -> None:
         # Accelerate only sets up a CPU process group (gloo) when told the run is on the CPU.
-        cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        on_cpu = device == "cpu" or not torch.cuda.is_available()
+        cpu_ddp = on_cpu and (device == "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1)
         # Accelerate keeps its state in a process-wide singleton that refuses a second precision; a later run in
         # the same Python process (a notebook, a sweep) gets a fresh one. The process group is left alone.
         AcceleratorState._reset_state(reset_partial_state=False)
-        if precision == "fp16" and not torch.cuda.is_available():
+        if precision == "fp16" and on_cpu:
             # Accelerate would silently train in fp32; say so instead
             raise ConfigError("train.precision: 'fp16' needs a CUDA GPU; use 'bf16' (or 'no') on this machine")
         handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]
@@ -64,6 +66,28 @@ class Runtime:
             torch.backends.cudnn.benchmark = True  # shapes are fixed within a stage: let cuDNN pick kernels
         if self.device.type == "cpu":
             tune_cpu_allocator()  # keep freed activation memory in the heap between steps
+
+    def describe(self) -> str:
+        """The start-up line: process count, strategy and device (``processes 2 (ddp) on cpu``)."""
+        strategy = self.strategy if self.world > 1 else "single process"
+        return f"processes {self.world} ({strategy}) on {self.device.type}"
+
+    def placement(self) -> dict[str, Any]:
+        """What ``summary.json`` records of the processes: count, strategy, device, what the launcher asked."""
+        return {"processes": self.world, "strategy": self.strategy if self.world > 1 else "single",
+                "device": self.device.type, "launcher_requested": requested_processes()}
+
+    def launch_warning(self) -> str | None:
+        """A warning when the launcher asked for more processes than started (``accelerate launch
+        --num_processes 2`` without ``--multi_gpu`` runs one process on a machine without GPUs)."""
+        asked = requested_processes()
+        if asked is None or asked <= self.world:
+            return None
+        return (
+            f"warning: the launcher asked for {asked} processes but {self.world} started, so training runs in "
+            f"{self.world}; start them with `torchrun --nproc_per_node {asked} -m vaekit train ...` (or "
+            f"`accelerate launch --multi_gpu --num_processes {asked} ...`, which also starts them on CPU)"
+        )
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
@@ -146,6 +170,33 @@ class Runtime:
             f"a process did not respond within train.timeout_s={self.timeout_s:g} (stopped, hung or killed: "
             f"{_first_line(err)}); the last complete checkpoint is {last_checkpoint() or 'none'}"
         ) from None
+
+
+LAUNCHER_ENV = ("ACCELERATE_NUM_PROCESSES", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+def requested_processes(parent_cmdline: list[str] | None = None) -> int | None:
+    """How many processes the launcher was asked for: the largest of ``LAUNCHER_ENV`` and, under ``accelerate
+    launch`` (whose single-process launcher exports no count), its ``--num_processes``/``--num-processes``
+    argument read from the parent process's command line. None when nothing says."""
+    found = [int(v) for v in (os.environ.get(k, "") for k in LAUNCHER_ENV) if v.strip().isdigit()]
+    args = parent_cmdline if parent_cmdline is not None else _parent_cmdline()
+    if any(a.endswith("accelerate") for a in args) and "launch" in args:
+        for i, arg in enumerate(args):
+            name, _, value = arg.partition("=")
+            if name in ("--num_processes", "--num-processes"):
+                value = value or (args[i + 1] if i + 1 < len(args) else "")
+                if value.isdigit():
+                    found.append(int(value))
+    return max(found) if found else None
+
+
+def _parent_cmdline() -> list[str]:
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:  # not Linux, or no permission
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 _COLLECTIVE_FAILURES = ("timed out", "timeout", "connection closed by peer", "connection reset by peer", "broken pipe")

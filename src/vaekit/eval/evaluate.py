@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 
+# long because its docstring documents every argument; the body is a dozen lines
 def evaluate(
     model_or_run: nn.Module | str | Path,
     data: Any = None,
@@ -58,6 +59,7 @@ def evaluate(
     lpips_weights: str | Path | None = None,
     fid_feature: nn.Module | None = None,
     fid_weights: str | Path | None = None,
+    model: nn.Module | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one model on a split, deterministically (same seed, same batches → same numbers).
@@ -83,6 +85,7 @@ def evaluate(
         lpips_net, lpips_pretrained, lpips_weights: LPIPS backbone (alex, vgg, squeeze), ``False`` for a random
             trunk (tests only), the torchvision weights file (default: the torch hub cache).
         fid_feature, fid_weights: a feature extractor replacing InceptionV3 / the InceptionV3 weights file.
+        model: a fresh instance of the user module a run trained (the run's weights are loaded into it).
         progress: a progress bar over the batches on stderr, then the time each metric took.
 
     Returns:
@@ -93,7 +96,7 @@ def evaluate(
     """
     check_options(batches, batch_size, k, device)  # and the output folder, before any work
     folder = output_dir(out_dir, "out_dir") if out_dir is not None else None
-    loaded = load_for_eval(model_or_run, checkpoint, ema)
+    loaded = load_for_eval(model_or_run, checkpoint, ema, model=model)
     if device is not None:
         loaded.model.to(device)
     eval_data = resolve_data(data, loaded, split)

@@ -156,7 +156,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
     from vaekit.engine.checkpoint import fit_report
     from vaekit.models.adapter import export_module
 
-    target = export_module(model)  # a wrapped module (diffusers, a user's) is saved under its own key names
+    # an export holds the wrapped module's own keys (a diffusers model's, a user module's): fit those
+    inner = export_module(model)
+    target = inner if inner is not model and state and not any(k.startswith("module.") for k in state) else model
     report = fit_report(target, state)
     if report:
         raise CheckpointError(f"{source}: the weights do not fit this model ({report})")
@@ -178,6 +180,25 @@ class Loaded:
     run_dir: Path | None = None
     config: Any = None  # the run's VaekitConfig, when known
     step: int | None = None
+
+
+def _as_vae(module: nn.Module, cfg: Any, name: str) -> nn.Module:
+    """A user module as a VAE the evaluation can drive: its likelihood from the run's config, else its own
+    ``recon_kind``, else its ``decoder_output`` (probabilities or logits: bce)."""
+    from vaekit.models.adapter import as_vae
+    from vaekit.models.base import VAE
+
+    if isinstance(module, VAE):
+        return module
+    kind = cfg.loss.recon if cfg is not None else getattr(module, "recon_kind", None)
+    if kind is None and getattr(module, "decoder_output", None) in ("probabilities", "logits"):
+        kind = "bce"
+    if kind is None:
+        raise ModelProtocolError(
+            f"evaluate: {name}'s likelihood is unknown; evaluate its run directory with model= (the run's "
+            "loss.recon), or give the module a recon_kind attribute (bce, mse, l1, gaussian)"
+        )
+    return as_vae(module, kind)
 
 
 def _read_run_config(run_dir: Path) -> Any:
@@ -217,7 +238,8 @@ def _checkpoint_file(checkpoint: str | Path, run_dir: Path | None, ema: bool) ->
 
 
 def load_for_eval(
-    model_or_run: Loaded | nn.Module | str | Path, checkpoint: str | Path | None = None, ema: bool = False
+    model_or_run: Loaded | nn.Module | str | Path, checkpoint: str | Path | None = None, ema: bool = False,
+    model: nn.Module | None = None,
 ) -> Loaded:
     """Resolve a run directory, a ``model.safetensors`` or a module into a model in eval mode.
 
@@ -227,6 +249,7 @@ def load_for_eval(
         checkpoint: a checkpoint directory (``checkpoints/step_XXXXXXXX``, also relative to the run's
             ``checkpoints/``) or weights file to load instead of the exported ``model.safetensors``.
         ema: load the checkpoint's ``ema.safetensors``.
+        model: for a run that trained a user module: a fresh instance of its class, the weights loaded into it.
     """
     if isinstance(model_or_run, Loaded):
         return model_or_run
@@ -234,7 +257,8 @@ def load_for_eval(
         for method in ("encode", "decode"):
             if not callable(getattr(model_or_run, method, None)):
                 raise ModelProtocolError(f"evaluate: {type(model_or_run).__name__} has no {method}() method")
-        return Loaded(model_or_run.eval(), type(model_or_run).__name__, type(model_or_run).__name__)
+        name = type(model_or_run).__name__
+        return Loaded(_as_vae(model_or_run, None, name).eval(), name, name)
     path = Path(model_or_run)
     run_dir: Path | None = None
     cfg = None
@@ -248,27 +272,32 @@ def load_for_eval(
     step = None
     if checkpoint is not None:
         weights = _checkpoint_file(checkpoint, run_dir, ema)
-        model = _model_from_weights(weights, run_dir, cfg)
         if (weights.parent / "state.json").is_file():
             from vaekit.engine.checkpoint import read_train_state
 
             step = read_train_state(weights.parent)["step"]
-        return Loaded(_finite(model, weights), name, str(weights), run_dir, cfg, step)
-    weights = run_dir / "model.safetensors" if run_dir is not None else path
-    if not weights.is_file():
-        raise CheckpointError(
-            f"{weights}: not found (the run has not finished; pass --checkpoint {run_dir}/checkpoints/step_...)"
-        )
-    model = _finite(load_model(weights), weights)
-    if run_dir is not None and (run_dir / "summary.json").is_file():
-        try:
-            step = json.loads((run_dir / "summary.json").read_text()).get("steps")
-        except (OSError, ValueError, AttributeError):
-            step = None  # a damaged summary: the step is only provenance
-        step = step if isinstance(step, int) and not isinstance(step, bool) else None
-    if cfg is None:
-        cfg = _config_from_metadata(weights)
-    return Loaded(model, name, str(weights), run_dir, cfg, step)
+        if model is None:
+            built = _model_from_weights(weights, run_dir, cfg)
+            return Loaded(_finite(built, weights), name, str(weights), run_dir, cfg, step)
+    else:
+        weights = run_dir / "model.safetensors" if run_dir is not None else path
+        if not weights.is_file():
+            raise CheckpointError(
+                f"{weights}: not found (the run has not finished; pass --checkpoint {run_dir}/checkpoints/step_...)"
+            )
+        if run_dir is not None and (run_dir / "summary.json").is_file():
+            try:
+                step = json.loads((run_dir / "summary.json").read_text()).get("steps")
+            except (OSError, ValueError, AttributeError):
+                step = None  # a damaged summary: the step is only provenance
+            step = step if isinstance(step, int) and not isinstance(step, bool) else None
+        if cfg is None:
+            cfg = _config_from_metadata(weights)
+    if model is not None:  # a user module's run: its weights into the fresh instance, adapted to the protocol
+        built = _as_vae(load_model(weights, model=model), cfg, type(model).__name__).eval()
+    else:
+        built = load_model(weights)
+    return Loaded(_finite(built, weights), name, str(weights), run_dir, cfg, step)
 
 
 def _finite(model: nn.Module, source: Path) -> nn.Module:

@@ -11,22 +11,33 @@ The protocol (what ``vaekit.train(model=module)`` needs):
 
 Optional: ``encoder`` / ``decoder`` submodules (the groups that ``freeze``, ``optim.group_lr`` and the
 ``decoder`` finetune mode address; any submodule path works for freezing), ``last_layer`` (the decoder's final
-weight, for the adaptive adversarial weight; default: the last weight of ``decoder``), and ``recon_logvar`` (a
-learned log-variance, needed by ``loss.recon=gaussian``). A module that breaks the protocol gets a one-line
-``ModelProtocolError`` saying which method returned what.
+weight, for the adaptive adversarial weight; default: the last weight of ``decoder``), ``recon_logvar`` (a
+learned log-variance, needed by ``loss.recon=gaussian``) and ``decoder_output`` (what ``decode`` returns:
+``"logits"``, ``"probabilities"`` or ``"mean"``; under ``loss.recon=bce`` probabilities, or a mean, which is the
+same thing, are trained as Bernoulli probabilities, clamped to [1e-6, 1 - 1e-6]). Undeclared, a decoder whose
+output is the output of an ``nn.Sigmoid`` module is detected on the first forward and treated as probabilities,
+with a warning. A module that breaks the protocol gets a one-line ``ModelProtocolError`` saying which method
+returned what.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from vaekit.errors import ModelProtocolError
 from vaekit.models.base import VAE, VAEOutput
 from vaekit.models.layers import LOGVAR_MAX, LOGVAR_MIN
+
+logger = logging.getLogger(__name__)
+DECODER_OUTPUTS = ("logits", "probabilities", "mean")
+PROB_EPS = 1e-6
+"""Probabilities are clamped to [eps, 1 - eps] before their logit (BCE of a probability of exactly 0 or 1 is inf)."""
 
 
 def _describe(value: Any) -> str:
@@ -98,6 +109,8 @@ class ModuleVAE(VAE):
         self.module = module
         self.config = {"arch": "custom", "class": f"{type(module).__module__}.{type(module).__qualname__}"}
         self._latent_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.decoder_output = _declared_output(module, recon_kind)
+        self._sniffed = self.decoder_output is not None or recon_kind != "bce"
         logvar = getattr(module, "recon_logvar", None)
         if recon_kind == "gaussian" and not isinstance(logvar, Tensor):
             raise ModelProtocolError(
@@ -135,9 +148,39 @@ class ModuleVAE(VAE):
         return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def decode(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self._sniffed:
+            self._sniff_sigmoid(z)
         recon = decoded_tensor(self.module.decode(z))
+        if self.recon_kind == "bce" and self.decoder_output in ("probabilities", "mean"):
+            # the objective's bce works on logits: BCE(logit(p), t) is the Bernoulli NLL of p itself
+            recon = torch.logit(recon.float().clamp(PROB_EPS, 1.0 - PROB_EPS)).to(recon.dtype)
         logvar = getattr(self.module, "recon_logvar", None) if self.recon_kind == "gaussian" else None
         return recon, logvar
+
+    def _sniff_sigmoid(self, z: Tensor) -> None:
+        """Once, on the first decode: is the decoder's output the output of an ``nn.Sigmoid`` module?"""
+        self._sniffed = True
+        outputs: list[Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, o: outputs.append(o))
+                 for m in self.module.modules() if isinstance(m, nn.Sigmoid)]
+        if not hooks:
+            return
+        was_training = self.module.training
+        devices = [z.device] if z.device.type == "cuda" else []
+        try:  # eval mode and a forked RNG: no norm statistics updated, no random numbers drawn
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                self.module.eval()
+                recon = decoded_tensor(self.module.decode(z.detach()))
+        finally:
+            self.module.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        if any(o is recon for o in outputs):
+            self.decoder_output = "probabilities"
+            logger.warning(
+                "warning: %s.decode ends in nn.Sigmoid: its outputs are trained as Bernoulli probabilities under "
+                "loss.recon=bce (declare decoder_output = 'probabilities' on the module to silence this, or "
+                "'logits' if they are not)", type(self.module).__name__)
 
     def forward(self, x: Tensor, sample_posterior: bool = True, noise: Tensor | None = None) -> VAEOutput:
         out = super().forward(x, sample_posterior=sample_posterior, noise=noise)
@@ -178,11 +221,57 @@ class ModuleVAE(VAE):
         return next(iter(self._latent_shapes.values()))
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        fn = getattr(self.module, "enable_gradient_checkpointing", None) if enabled else None
-        if fn is None and not enabled:
-            fn = getattr(self.module, "disable_gradient_checkpointing", None)
+        """The module's own ``enable_gradient_checkpointing`` (diffusers) when it has one; else its ``encoder``
+        and ``decoder`` children recompute their activations in the backward (``torch.utils.checkpoint``); a
+        module with neither is refused in one line rather than silently trained without it."""
+        own = "enable_gradient_checkpointing" if enabled else "disable_gradient_checkpointing"
+        fn = getattr(self.module, own, None)
         if callable(fn):
             fn()
+            return
+        children = [c for name in ("encoder", "decoder") if isinstance(c := getattr(self.module, name, None), nn.Module)]
+        if enabled and not children:
+            raise ModelProtocolError(
+                f"model.grad_checkpointing: {type(self.module).__name__} has no enable_gradient_checkpointing() "
+                "and no encoder/decoder submodules to checkpoint; add one or set model.grad_checkpointing=false"
+            )
+        for child in children:
+            _checkpoint_forward(child, enabled)
+
+
+def _checkpoint_forward(child: nn.Module, enabled: bool) -> None:
+    """Make ``child``'s forward recompute in the backward (training with grad only); state-dict keys unchanged."""
+    original = child.__dict__.pop("_vaekit_forward", None)
+    if original is not None:  # undo an earlier wrap first
+        child.__dict__.pop("forward", None)
+    if not enabled:
+        return
+    plain = child.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if child.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(plain, *args, use_reentrant=False, **kwargs)
+        return plain(*args, **kwargs)
+
+    child.__dict__["_vaekit_forward"] = plain
+    child.__dict__["forward"] = forward
+
+
+def _declared_output(module: nn.Module, recon_kind: str) -> str | None:
+    """The module's ``decoder_output`` attribute, checked against ``loss.recon``."""
+    declared = getattr(module, "decoder_output", None)
+    if declared is None:
+        return None
+    if declared not in DECODER_OUTPUTS:
+        raise ModelProtocolError(
+            f"model: {type(module).__name__}.decoder_output={declared!r}; choose one of {', '.join(DECODER_OUTPUTS)}"
+        )
+    if declared == "logits" and recon_kind != "bce":
+        raise ModelProtocolError(
+            f"model: {type(module).__name__}.decoder_output='logits' needs loss.recon=bce (got {recon_kind!r}); "
+            "return the mean for mse/l1/gaussian"
+        )
+    return declared
 
 
 def _check_signatures(module: nn.Module) -> None:

@@ -46,6 +46,9 @@ class VAEOutput:
     info: dict[str, Tensor] = field(default_factory=dict)
 
 
+OUTPUT_ACTIVATIONS = ("none", "tanh", "sigmoid")
+"""What a built-in decoder's mean passes through (``model.output_activation``)."""
+
 class VAE(nn.Module):
     """Base class: a Gaussian encoder q(z|x), a decoder p(x|z) and a standard-normal prior.
 
@@ -60,9 +63,16 @@ class VAE(nn.Module):
     config: dict[str, Any]
     latent_shape: tuple[int, ...]
 
-    def __init__(self, recon_kind: str = "bce", gaussian_logvar: str = "scalar",
+    def __init__(self, recon_kind: str = "bce", gaussian_logvar: str = "scalar", output_activation: str = "none",
                  bottleneck: dict[str, Any] | None = None, latent_channels: int | None = None) -> None:
         super().__init__()
+        if output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"unknown output_activation {output_activation!r} (model.output_activation: "
+                             f"{' | '.join(OUTPUT_ACTIVATIONS)})")
+        if output_activation != "none" and recon_kind == "bce":
+            raise ValueError(f"model.output_activation={output_activation} is for mse/l1/gaussian: loss.recon=bce "
+                             "trains logits (set model.output_activation=none)")
+        self.output_activation = output_activation
         if recon_kind not in RECON_KINDS:
             raise ValueError(f"unknown recon_kind {recon_kind!r} (loss.recon: {' | '.join(RECON_KINDS)})")
         if gaussian_logvar not in ("scalar", "pixel"):
@@ -109,10 +119,13 @@ class VAE(nn.Module):
     def decode(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         """z ``(B, *latent_shape)`` -> ``(recon, recon_logvar)``; recon ``(B, *shape)``."""
         out = self.decoder(z)  # (B, k·C, ...)
+        logvar = self.recon_logvar
         if self.pixel_logvar:
-            recon, logvar = out.chunk(2, dim=1)
-            return recon, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-        return out, self.recon_logvar
+            out, logvar = out.chunk(2, dim=1)
+            logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        if self.output_activation != "none":
+            out = torch.tanh(out) if self.output_activation == "tanh" else torch.sigmoid(out)
+        return out, logvar
 
     def forward(self, x: Tensor, sample_posterior: bool = True, noise: Tensor | None = None) -> VAEOutput:
         """Encode, draw z = mean + exp(logvar/2)·ε (or z = mean), decode.

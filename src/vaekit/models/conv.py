@@ -54,9 +54,12 @@ class ConvVAE(VAE):
         recon_kind: str = "bce",
         gaussian_logvar: str = "scalar",
         grad_checkpointing: bool = False,
+        leaky_slope: float = 0.2,
+        output_activation: str = "none",
         bottleneck: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(recon_kind, gaussian_logvar, bottleneck, latent_dim)
+        super().__init__(recon_kind, gaussian_logvar, output_activation, bottleneck=bottleneck,
+                         latent_channels=latent_dim)
         dims = len(input_shape) - 1
         if dims not in CONV:
             raise ValueError(
@@ -90,7 +93,7 @@ class ConvVAE(VAE):
         channels = self.input_shape[0]
 
         def stage(layer: nn.Module, c_out: int) -> nn.Sequential:
-            layers = [layer, build_norm(norm, c_out, dims), build_activation(activation)]
+            layers = [layer, build_norm(norm, c_out, dims), build_activation(activation, leaky_slope)]
             return nn.Sequential(*layers, *([nn.Dropout(dropout)] if dropout > 0 else []))
 
         # encoder: (B, C, *S) -> (B, h[-1], *S/f) -> (B, 2·latent) or (B, 2·latent, *S/f)
@@ -169,6 +172,8 @@ class ConvVAE(VAE):
             temporal_downsample=cfg.temporal_downsample,
             recon_kind=recon_kind,
             gaussian_logvar=cfg.gaussian_logvar,
+            leaky_slope=cfg.leaky_slope,
+            output_activation=cfg.output_activation,
             grad_checkpointing=cfg.grad_checkpointing,
             bottleneck=cfg.bottleneck.as_spec(),
         )

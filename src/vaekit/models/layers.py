@@ -57,11 +57,11 @@ def build_norm(kind: str, channels: int, dims: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r} (model.norm: batch | group | none)")
 
 
-def build_activation(name: str) -> nn.Module:
-    """``relu``, ``leaky_relu`` (slope 0.2), ``silu``, ``gelu`` or ``elu``."""
+def build_activation(name: str, leaky_slope: float = 0.2) -> nn.Module:
+    """``relu``, ``leaky_relu`` (negative slope ``leaky_slope``), ``silu``, ``gelu`` or ``elu``."""
     factories: dict[str, Callable[[], nn.Module]] = {
         "relu": nn.ReLU,
-        "leaky_relu": partial(nn.LeakyReLU, 0.2),
+        "leaky_relu": partial(nn.LeakyReLU, leaky_slope),
         "silu": nn.SiLU,
         "gelu": nn.GELU,
         "elu": nn.ELU,

@@ -16,8 +16,9 @@ from vaekit.models.base import VAE, register_model, register_to_config
 from vaekit.models.layers import CheckpointedSequential, build_activation, build_norm
 
 
-def _dense_block(d_in: int, d_out: int, norm: str, activation: str, dropout: float) -> nn.Sequential:
-    layers = [nn.Linear(d_in, d_out), build_norm(norm, d_out, dims=0), build_activation(activation)]
+def _dense_block(d_in: int, d_out: int, norm: str, activation: str, dropout: float,
+                 leaky_slope: float = 0.2) -> nn.Sequential:
+    layers = [nn.Linear(d_in, d_out), build_norm(norm, d_out, dims=0), build_activation(activation, leaky_slope)]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
@@ -51,9 +52,12 @@ class MLPVAE(VAE):
         recon_kind: str = "bce",
         gaussian_logvar: str = "scalar",
         grad_checkpointing: bool = False,
+        leaky_slope: float = 0.2,
+        output_activation: str = "none",
         bottleneck: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(recon_kind, gaussian_logvar, bottleneck, latent_dim)
+        super().__init__(recon_kind, gaussian_logvar, output_activation, bottleneck=bottleneck,
+                         latent_channels=latent_dim)
         self.input_shape = tuple(input_shape)
         self.latent_shape = (latent_dim,)
         widths = [math.prod(self.input_shape), *hidden_dims]
@@ -61,10 +65,10 @@ class MLPVAE(VAE):
 
         rev = [latent_dim, *reversed(hidden_dims)]
         down = [
-            _dense_block(a, b, norm, activation, dropout)
+            _dense_block(a, b, norm, activation, dropout, leaky_slope)
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         ]
-        up = [_dense_block(a, b, norm, activation, dropout) for a, b in zip(rev[:-1], rev[1:], strict=True)]
+        up = [_dense_block(a, b, norm, activation, dropout, leaky_slope) for a, b in zip(rev[:-1], rev[1:], strict=True)]
 
         self.encoder = nn.Sequential()
         self.encoder.add_module("flatten", nn.Flatten())  # (B, D)
@@ -94,5 +98,7 @@ class MLPVAE(VAE):
             recon_kind=recon_kind,
             gaussian_logvar=cfg.gaussian_logvar,
             grad_checkpointing=cfg.grad_checkpointing,
+            leaky_slope=cfg.leaky_slope,
+            output_activation=cfg.output_activation,
             bottleneck=cfg.bottleneck.as_spec(),
         )

@@ -120,7 +120,7 @@ class ResNetVAE(VAE):
         causal: video only: causal in time (see the module docstring).
         temporal_downsample: video only: how many of the first down-samplings also halve time.
         dropout: inside each ResNet block.
-        recon_kind, gaussian_logvar, bottleneck: see :class:`~vaekit.models.base.VAE`.
+        recon_kind, gaussian_logvar, output_activation, bottleneck: see :class:`~vaekit.models.base.VAE`.
         grad_checkpointing: recompute each block (ResNet, attention, resampling) in backward (training only).
     """
 
@@ -141,8 +141,10 @@ class ResNetVAE(VAE):
         gaussian_logvar: str = "scalar",
         bottleneck: dict[str, Any] | None = None,
         grad_checkpointing: bool = False,
+        output_activation: str = "none",
     ) -> None:
-        super().__init__(recon_kind, gaussian_logvar, bottleneck, latent_dim)
+        super().__init__(recon_kind, gaussian_logvar, output_activation, bottleneck=bottleneck,
+                         latent_channels=latent_dim)
         dims = len(input_shape) - 1
         if dims not in CONV:
             raise ValueError(f"model.arch=resnet needs data shaped (C, L), (C, H, W) or (C, T, H, W); got "
@@ -210,4 +212,4 @@ class ResNetVAE(VAE):
                    attention_stages=r.attention_stages, mid_attention=r.mid_attention, downsample=r.downsample,
                    causal=r.causal, temporal_downsample=cfg.temporal_downsample, dropout=r.dropout,
                    recon_kind=recon_kind, gaussian_logvar=cfg.gaussian_logvar, bottleneck=cfg.bottleneck.as_spec(),
-                   grad_checkpointing=cfg.grad_checkpointing)
+                   grad_checkpointing=cfg.grad_checkpointing, output_activation=cfg.output_activation)

@@ -50,13 +50,16 @@ def _scalar(value: float, like: Tensor) -> Tensor:
 class VAEObjective(nn.Module):
     """The autoencoder's loss: weighted reconstruction NLL + KL term + perceptual + spectral + adversarial.
 
-    ``total = recon_weight·nll + kl_term + N·(perceptual.weight·perc + spectral.weight·spec) + adversarial``, each
+    ``total = recon_weight·nll + kl_term + N·perceptual.weight·perc + spectral.weight·spec + adversarial``, each
     a batch mean of per-sample values. The perceptual and spectral distances are per-element quantities added to
     every one of the N elements of a sample (as latent-diffusion adds LPIPS to each pixel's L1), so that weight 1
-    balances them against a reconstruction NLL summed over those N elements; ``terms`` logs the raw distances. The KL term is ``kl_weight(step)·KL`` (KL with free bits), or
+    balances them against a reconstruction NLL summed over those N elements; ``terms`` logs the raw distances.
+    With ``loss.reduction: mean`` the reconstruction is divided by N instead and the distances are not multiplied
+    (a mean-reduced script's units). The KL term is ``kl_weight(step)·KL`` (KL with free bits), or
     ``gamma·|KL − C(step)|`` for the capacity schedule. The adversarial term (when ``adversarial.weight > 0``,
     a discriminator is given and ``step >= start_step``) is ``adversarial.weight·w·g_loss`` with ``w`` the adaptive
-    weight (training mode with grad enabled, else 1), plus ``feature_matching·FM``.
+    weight (training mode with grad enabled and a reconstruction term present, else 1), plus
+    ``feature_matching·FM``.
     """
 
     def __init__(self, cfg: LossConfig) -> None:
@@ -66,6 +69,8 @@ class VAEObjective(nn.Module):
         """The terms this objective reports (with the adversarial ones when a discriminator is active)."""
         use_perceptual = cfg.perceptual.kind != "none" and cfg.perceptual.weight > 0
         self.perceptual = PerceptualLoss(cfg.perceptual) if use_perceptual else None
+        self._has_rec = cfg.recon_weight > 0 or use_perceptual
+        """Whether a reconstruction term exists for the adaptive adversarial weight to balance against."""
 
     def forward(
         self,
@@ -107,12 +112,15 @@ class VAEObjective(nn.Module):
                 mean = fake if fake is not None else likelihood_mean(cfg.recon, out.recon)
                 terms["mse"] = mse_per_element(mean, target).mean()
         numel = target[0].numel()  # elements per sample
-        rec_loss = nll if cfg.recon_weight == 1.0 else cfg.recon_weight * nll
+        # reduction=mean: the reconstruction averaged over a sample's elements, per-element distances unscaled
+        per_elem = numel if cfg.reduction == "sum" else 1
+        weight = cfg.recon_weight if cfg.reduction == "sum" else cfg.recon_weight / numel
+        rec_loss = nll if weight == 1.0 else weight * nll
 
         if self.perceptual is not None:
             perceptual = self.perceptual(fake, target).mean()
             terms["perceptual"] = perceptual
-            rec_loss = rec_loss + cfg.perceptual.weight * numel * perceptual
+            rec_loss = rec_loss + cfg.perceptual.weight * per_elem * perceptual
         if out.logvar is None:  # a quantised latent: no KL; the bottleneck's own terms instead
             total = rec_loss + self._bottleneck_term(out, terms)
         else:
@@ -131,7 +139,9 @@ class VAEObjective(nn.Module):
                 spec.w_lin_mag,
             ).mean()
             terms["spectral"] = spectral
-            total = total + spec.weight * numel * spectral
+            # not ×N: a clip's spectral distance is one number per clip (λ = 1 balances a summed waveform NLL on
+            # speech; ×N made λ = 1 thousands of times too strong), in either reduction
+            total = total + spec.weight * spectral
 
         if adv_on:
             total = total + self._adversarial_term(fake, target, rec_loss, discriminator, last_layer, terms)
@@ -186,8 +196,9 @@ class VAEObjective(nn.Module):
             logits_fake = discriminator(fake)
         g_loss = g_hinge_loss(logits_fake) if adv.loss == "hinge" else g_nonsaturating_loss(logits_fake)
 
-        if adv.adaptive and self.training and torch.is_grad_enabled() and last_layer is not None:
-            # last_layer is None when the decoder is frozen: the plain weight applies then
+        if adv.adaptive and self.training and torch.is_grad_enabled() and last_layer is not None and self._has_rec:
+            # last_layer is None when the decoder is frozen, and a GAN-only stage (no reconstruction term) has
+            # no ‖∇rec‖ to balance against (the ratio would be 0): the plain weight applies then
             weight = adv.weight * adaptive_weight(
                 rec_loss, g_loss, last_layer, adv.adaptive_eps, adv.adaptive_max
             )

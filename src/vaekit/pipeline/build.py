@@ -16,9 +16,11 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 
-from vaekit.config.load import dump_config, load_config
+from vaekit.config.likelihood import with_data_likelihood
+from vaekit.config.load import dump_config
 from vaekit.config.schema import VaekitConfig
 from vaekit.data import ArraySource, DataBundle, DataInfo, build_data
+from vaekit.data.ranges import check_target_range
 from vaekit.data.user import from_python
 from vaekit.engine.checkpoint import CheckpointManager, GeneratorState
 from vaekit.engine.ema import EMA
@@ -102,12 +104,15 @@ def build_run(cfg: VaekitConfig, model: nn.Module | None = None, data: dict[str,
     """Build a run (see `vaekit.pipeline.run.Pipeline` for the arguments); resumes the trainer's state from the
     newest complete checkpoint when ``resume``."""
     stages = resolve_stages(cfg)
-    rt = Runtime(cfg.train.precision, cfg.train.deterministic, cfg.train.timeout_s, strategy=cfg.train.strategy)
+    rt = Runtime(cfg.train.precision, cfg.train.deterministic, cfg.train.timeout_s, strategy=cfg.train.strategy,
+                 device=cfg.train.device)
     data_for = StageData(data, rt)
     # model and discriminator: built once from the first stage's data, seeded, identical on every rank
     set_seed(cfg.run.seed, deterministic=cfg.train.deterministic)
     info = data_for(stages[0]).info
     cfg, stages = _likelihood_from_data(cfg, stages, info, resume)
+    check_target_range(stages[0].cfg.loss.recon, data_for(stages[0]).train,
+                       "stages.0.loss.recon" if cfg.stages else "loss.recon")
     vae, disc = _build_modules(cfg, model, info, stages, rt)
     if not resume:  # weights a stage starts from must fit: said now, before any output or run directory
         _check_init_from_fits(stages, export_module(vae))
@@ -130,14 +135,10 @@ def build_run(cfg: VaekitConfig, model: nn.Module | None = None, data: dict[str,
 def _likelihood_from_data(cfg: VaekitConfig, stages: list[Stage], info: DataInfo,
                           resume: bool) -> tuple[VaekitConfig, list[Stage]]:
     """A table/tags/records source says which likelihood its values need (``info.meta["likelihood"]``:
-    bce for binary data, gaussian otherwise); it becomes ``loss.recon`` unless the config set it."""
-    want = info.meta.get("likelihood")
-    if not want or want == cfg.loss.recon or "recon" in cfg.loss.model_fields_set or resume:
-        return cfg, stages
-    tree = cfg.model_dump(mode="json")
-    tree["loss"]["recon"] = want
-    cfg = load_config(tree)
-    return cfg, resolve_stages(cfg)
+    bce for binary data, gaussian otherwise); it becomes ``loss.recon`` unless the config set it (resolved by
+    `vaekit.config.likelihood`, as ``vaekit validate`` does)."""
+    resolved = with_data_likelihood(cfg, info.meta, resume)
+    return (cfg, stages) if resolved is cfg else (resolved, resolve_stages(resolved))
 
 
 def _build_modules(cfg: VaekitConfig, model: nn.Module | None, info: DataInfo, stages: list[Stage],

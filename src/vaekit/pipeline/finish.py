@@ -49,10 +49,12 @@ def finish_run(run: RunParts, plan: Plan) -> dict[str, Any]:
         "test": test,
         "skipped_batches": t.state.skipped_batches,
         "data": run.info.description,
+        **run.rt.placement(),
         "checkpoint": str(ckpt.latest_checkpoint(run.run_dir / "checkpoints")),
         "model": str(run.run_dir / "model.safetensors"),
         **_export_paths(run),
         "latent_stats": latent,
+        "config": run.cfg.model_dump(mode="json"),  # the resolved config the metrics above came from
     }
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     if run.cfg.log.plots:

@@ -11,15 +11,17 @@ from torch import nn
 
 from vaekit.config.schema import VaekitConfig
 from vaekit.data import BatchLoader, DataBundle
+from vaekit.data.ranges import check_target_range
 from vaekit.data.user import LoaderBatches, LoaderSource
 from vaekit.engine import checkpoint as ckpt
 from vaekit.engine.plan import Plan
 from vaekit.engine.runtime import Runtime
 from vaekit.engine.updates import build_update
-from vaekit.errors import ConfigError, VaekitError, raised_in_user_code
+from vaekit.errors import ConfigError, raised_in_user_code
 from vaekit.models.adapter import export_module
 from vaekit.objectives import DiscriminatorObjective, VAEObjective
 from vaekit.pipeline.build import RunParts
+from vaekit.pipeline.init_from import load_init_weights
 from vaekit.pipeline.stages import Stage, StageClock, init_from_weights
 
 
@@ -34,8 +36,11 @@ def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
         if raised_in_user_code(err):  # the user's own encode: their traceback, unrelabelled
             raise
         raise ConfigError(f"stages.{stage.index} ({stage.name}): {err}") from None
+    if stage.index > 0:  # the first stage's data were checked before the run directory was made
+        check_target_range(cfg.loss.recon, data.train, f"stages.{stage.index}.loss.recon")
     train_loader, val_loader = loaders(rt, cfg, data)
-    clock = StageClock(stage.spec, math.ceil(len(train_loader) / cfg.train.grad_accum))
+    per_epoch = min(len(train_loader), cfg.train.limit_batches or len(train_loader))  # train.limit_batches
+    clock = StageClock(stage.spec, math.ceil(per_epoch / cfg.train.grad_accum))
     total = clock.limit_steps()
     if not resuming and stage.spec.init_from:
         _init_from(run, stage.spec.init_from)
@@ -110,10 +115,7 @@ def batches(rt: Runtime, source: Any, cfg: VaekitConfig, train: bool) -> Any:
 # ---------------------------------------------------------------------------------- weights
 def _init_from(run: RunParts, source: str) -> None:
     path = init_from_weights(source)
-    try:
-        ckpt.load_weights(export_module(run.model), path)
-    except VaekitError as err:
-        raise ConfigError(f"init_from: {err}") from None
+    load_init_weights(export_module(run.model), path)  # LoRA adapters merged; a mismatch names the keys
     disc_file = path.with_name("discriminator.safetensors")
     if run.disc is not None and disc_file.is_file():
         ckpt.load_weights(run.disc, disc_file)
@@ -162,6 +164,24 @@ def _finetune(run: RunParts, stage: Stage) -> None:
     run.tuner.apply(stage.cfg.finetune, owner.cfg.finetune, save=lambda: save_adapters(run, owner.name))
     freeze(run, st.frozen)  # adapters injected just now obey the freeze list too
     run.tuner.restrict(run.model, stage.cfg.finetune.mode)
+    _report_trainable(run, stage)
+
+
+def _report_trainable(run: RunParts, stage: Stage) -> None:
+    """The trainable share of the autoencoder (LoRA: the adapters' share) on the console and in model.txt."""
+    line = trainable_line(run.model, stage.cfg.finetune.mode)
+    run.trainer.console.write(f"stage {stage.name}: {line}" if len(run.stages) > 1 else line)
+    model_txt = run.run_dir / "model.txt"
+    if run.rt.is_main and model_txt.is_file() and f"stage {stage.name}:" not in model_txt.read_text():
+        with model_txt.open("a") as fh:
+            fh.write(f"stage {stage.name}: {line}\n")
+
+
+def trainable_line(model: nn.Module, mode: str) -> str:
+    """``trainable 1,234 of 56,789 parameters (2.17%, finetune lora)``."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"trainable {trainable:,} of {total:,} parameters ({trainable / max(total, 1):.2%}, finetune {mode})"
 
 
 def save_adapters(run: RunParts, stage_name: str) -> None:

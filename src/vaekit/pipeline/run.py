@@ -115,6 +115,12 @@ class Pipeline:
         verb = f"resuming at step {resumed_at} in" if p.loaded is not None else "run directory:"
         t.console.write(f"{verb} {p.run_dir}")
         t.console.write(f"data: {p.info.description}")
+        t.console.write(p.rt.describe())
+        from vaekit.config.notes import config_warnings
+
+        for line in [p.rt.launch_warning(), *config_warnings(p.cfg)]:
+            if line:
+                t.console.write(line)
         t.console.write(f"model: {type(export_module(p.model)).__name__}, {count_parameters(p.model):,} parameters")
         if p.rt.is_main and p.loaded is None:
             text = model_summary(export_module(p.model))

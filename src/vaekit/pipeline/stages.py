@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class StageClock:
     smoothing: int = 20
     _window: deque = field(default_factory=deque, repr=False)
     _history: list[float] = field(default_factory=list, repr=False)
+    _steps: list[int] = field(default_factory=list, repr=False)
 
     def limit_steps(self) -> int | None:
         """The hard cap in optimizer steps (the length, or the safety limit of a metric stage)."""
@@ -56,13 +58,15 @@ class StageClock:
             return None
         return f"stage {spec.name!r} ends at step {step}: {reason}"
 
-    def observe(self, name: str, value: float) -> None:
+    def observe(self, name: str, value: float, step: int | None = None) -> None:
+        """One value of a metric at optimizer ``step`` (None: the observation's index, for tests)."""
         if name != self.spec.metric or not math.isfinite(value):
             return
         self._window.append(value)
         if len(self._window) > self.smoothing:
             self._window.popleft()
         self._history.append(sum(self._window) / len(self._window))
+        self._steps.append(step if step is not None else len(self._steps))
 
     def metric_done(self) -> str | None:
         """A reason string when the threshold or plateau rule says the stage is over, else None."""
@@ -74,20 +78,24 @@ class StageClock:
             crossed = current <= spec.threshold if spec.mode == "below" else current >= spec.threshold
             if crossed:
                 return f"{spec.metric} {current:.4g} crossed {spec.threshold:g}"
-        if spec.plateau_window is not None and len(self._history) > spec.plateau_window:
-            old = self._history[-1 - spec.plateau_window]
-            sign = 1.0 if spec.mode == "below" else -1.0
-            gain = sign * (old - current) / max(abs(old), 1e-12)
-            if gain < (spec.plateau_threshold or 1e-3):
-                return f"{spec.metric} improved {gain:.2%} over the last {spec.plateau_window} observations"
+        if spec.plateau_window is not None:
+            # plateau_window counts optimizer steps: compare with the newest value at least that many steps old
+            i = bisect.bisect_right(self._steps, self._steps[-1] - spec.plateau_window) - 1
+            if i >= 0:
+                old = self._history[i]
+                sign = 1.0 if spec.mode == "below" else -1.0
+                gain = sign * (old - current) / max(abs(old), 1e-12)
+                if gain < (spec.plateau_threshold or 1e-3):
+                    return f"{spec.metric} improved {gain:.2%} over the last {spec.plateau_window} steps"
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window": list(self._window), "history": list(self._history)}
+        return {"window": list(self._window), "history": list(self._history), "steps": list(self._steps)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._window = deque(state.get("window", []))
         self._history = list(state.get("history", []))
+        self._steps = list(state.get("steps", range(len(self._history))))
 
 
 # ------------------------------------------------------------------------------------ init_from

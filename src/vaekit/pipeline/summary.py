@@ -91,23 +91,68 @@ def describe_optim(optim: OptimConfig) -> str:
     return text
 
 
+def describe_presets(cfg: VaekitConfig) -> list[str]:
+    """One line per preset (in the order applied): the keys it set, and those a later preset, the file or an
+    override replaced (``loss.recon=bce→mse``)."""
+    from vaekit.config.load import preset_keys, preset_names
+
+    names = preset_names(cfg.preset)
+    if not names:
+        return []
+    final = cfg.model_dump(mode="json")
+    owner = preset_keys(names)
+    lines = []
+    for name in names:
+        keys = []
+        for key, (by, value) in owner.items():
+            if by != name:
+                continue
+            now = _lookup(final, key)
+            keys.append(f"{key}={_fmt(value)}" if now == value else f"{key}={_fmt(value)}→{_fmt(now)}")
+        lines.append(f"preset     {name}: {', '.join(keys) or '(every key set by a later preset)'}")
+    return lines
+
+
+def _lookup(tree: dict, key: str) -> object:
+    node: object = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _fmt(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def summarize(cfg: VaekitConfig, build: bool = True) -> str:
     """Multi-line summary; with ``build`` the data are read and the model built (sizes, parameter count)."""
     from vaekit.pipeline.stages import resolve_stages
 
+    infos = _stage_data(resolve_stages(cfg)) if build else {}
+    if build:  # the likelihood the run trains with: loss.recon, else what the data ask for (as the run resolves it)
+        from vaekit.config.likelihood import with_data_likelihood
+
+        cfg = with_data_likelihood(cfg, infos[0][0].meta)
     stages = resolve_stages(cfg)
+    if build:
+        _check_ranges(stages, infos)
+        infos = {i: info for i, (info, _) in infos.items()}
     lines = []
     run_dir = f"{cfg.run.dir}/{cfg.run.name}" if cfg.run.name else f"{cfg.run.dir}/<source>-<arch>-<timestamp>"
-    lines.append(f"run        {run_dir}  (seed {cfg.run.seed})" + (f"  preset {cfg.preset}" if cfg.preset else ""))
-    infos = _stage_data(stages) if build else {}
+    lines.append(f"run        {run_dir}  (seed {cfg.run.seed})")
+    lines.extend(describe_presets(cfg))
     first = stages[0].cfg.data
     if build:
         lines.append(f"data       {infos[stages[0].index].description}")
     else:
         lines.append(f"data       {first.source} {first.path or ''}".rstrip())
     m = cfg.model
-    latent_kind = "spatial" if m.arch == "resnet" else m.latent
-    model_line = f"model      {m.arch} latent {m.latent_dim} ({latent_kind}), hidden {m.hidden_dims}, {_family(m)}"
+    if m.arch == "diffusers":  # a pretrained model is described by its own config (once built), not our fields
+        source = m.pretrained or "model.diffusers_config (random weights)"
+        model_line = f"model      diffusers {m.class_name} from {source} ({m.torch_dtype})"
+    else:
+        latent_kind = "spatial" if m.arch == "resnet" else m.latent
+        model_line = f"model      {m.arch} latent {m.latent_dim} ({latent_kind}), hidden {m.hidden_dims}, {_family(m)}"
     if build:
         model_line += _build_models(cfg, stages, infos)
     lines.append(model_line)
@@ -133,13 +178,7 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
         lines.append(head)
         if cfg.stages:
             spec = st.spec
-            length = f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else ""
-            if spec.metric:
-                rule = f"{spec.metric} {spec.mode} {spec.threshold:g}" if spec.threshold is not None else spec.metric
-                if spec.plateau_window:
-                    rule += f" or plateau <{spec.plateau_threshold or 1e-3:g} over {spec.plateau_window}"
-                limit = f"{spec.max_steps} steps" if spec.max_steps else f"{spec.max_epochs} epochs" if spec.max_epochs else ""
-                length = (length + ", " if length else "") + f"until {rule}" + (f" (at most {limit})" if limit else "")
+            length = _stage_length(spec)
             if build:
                 lines.append(f"  data     {infos[st.index].description}")
             frozen = st.frozen_groups(frozen)
@@ -169,8 +208,34 @@ def _family(m: ModelConfig) -> str:
     return text
 
 
-def _stage_data(stages: list) -> dict[int, object]:
-    """Each stage's DataInfo (data read once per distinct data section); a bad setting is a ConfigError."""
+def _stage_length(spec: object) -> str:
+    """How long a stage runs, every limit named: the first of its length, its transition and its caps ends it."""
+    parts = [f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else ""]
+    if spec.metric:
+        rule = f"{spec.metric} {spec.mode} {spec.threshold:g}" if spec.threshold is not None else spec.metric
+        if spec.plateau_window:
+            rule += f" or plateau <{spec.plateau_threshold or 1e-3:g} over {spec.plateau_window} steps"
+        parts.append(f"until {rule}")
+    caps = [f"{spec.max_steps} steps" if spec.max_steps else "", f"{spec.max_epochs} epochs" if spec.max_epochs else ""]
+    caps = [c for c in caps if c]
+    text = ", ".join(p for p in parts if p)
+    if caps:
+        text += f" (at most {' or '.join(caps)}, whichever comes first)" if text else f"at most {' or '.join(caps)}"
+    return text
+
+
+def _check_ranges(stages: list, infos: dict) -> None:
+    """Each stage's likelihood against its training data's range (bce needs [0, 1])."""
+    from vaekit.data.ranges import check_target_range
+
+    for st in stages:
+        where = f"stages.{st.index}.loss.recon" if len(stages) > 1 else "loss.recon"
+        check_target_range(st.cfg.loss.recon, infos[st.index][1], where)
+
+
+def _stage_data(stages: list) -> dict[int, tuple]:
+    """Each stage's (DataInfo, training source) (data read once per distinct data section); a bad setting is a
+    ConfigError."""
     import json
 
     from vaekit.config.load import ConfigError
@@ -182,7 +247,8 @@ def _stage_data(stages: list) -> dict[int, object]:
         key = json.dumps(st.cfg.data.model_dump(mode="json"), sort_keys=True)
         if key not in seen:
             try:
-                seen[key] = build_data(st.cfg.data, st.cfg.run.seed).info
+                bundle = build_data(st.cfg.data, st.cfg.run.seed)
+                seen[key] = (bundle.info, bundle.train)
             except DataError:
                 raise
             except ValueError as err:
@@ -204,6 +270,10 @@ def _build_models(cfg: VaekitConfig, stages: list, infos: dict) -> str:
         latent = tuple(model.latent_shape)
         text = (f", {count_parameters(model):,} parameters, latent shape {latent}, compression "
                 f"{math.prod(shape) / math.prod(latent):.4g} (input elements per latent element)")
+        own = model.config.get("config") if cfg.model.arch == "diffusers" else None
+        if isinstance(own, dict):
+            keys = ("block_out_channels", "latent_channels", "layers_per_block", "down_block_types", "sample_size")
+            text += "; " + ", ".join(f"{k} {own[k]}" for k in keys if k in own)
         adv = next((s for s in stages if s.adversarial), None)
         if adv is not None:
             disc = build_discriminator(adv.cfg.loss.adversarial.discriminator, shape)
@@ -215,4 +285,22 @@ def _build_models(cfg: VaekitConfig, stages: list, infos: dict) -> str:
             model.latent_shape_for(tuple(infos[st.index].shape))
         except ValueError as err:
             raise ConfigError(f"stages.{st.index} ({st.name}): {err}") from None
+    for st in stages:
+        if st.cfg.finetune.mode != "full":
+            text += f"; {'stage ' + st.name + ' ' if len(stages) > 1 else ''}{_trainable_share(model, st.cfg.finetune)}"
     return text
+
+
+def _trainable_share(model: object, finetune: object) -> str:
+    """What a finetune mode trains, counted on a copy of the model with its adapters injected."""
+    import copy
+
+    from vaekit.engine.finetune import Finetuner
+    from vaekit.models.adapter import export_module
+    from vaekit.pipeline.plan import trainable_line
+
+    clone = copy.deepcopy(model)
+    tuner = Finetuner(export_module(clone))
+    tuner.apply(finetune, finetune)
+    tuner.restrict(clone, finetune.mode)
+    return trainable_line(clone, finetune.mode)
