@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
 from torch import nn
 
 from vaekit.config.schema import VaekitConfig
@@ -95,7 +96,15 @@ def _latent_stats(run: RunParts, plan: Plan) -> dict[str, Any] | None:
     loader = BatchLoader(val, plan.cfg.train.batch_size, shuffle=False, drop_last=False, seed=run.cfg.run.seed)
     device = next(model.parameters()).device
     moved = ({k: v.to(device) for k, v in b.items()} for b in loader)
-    return stats_of_batches(model.encode, moved)  # float32: the figures a diffusion model is trained with
+    # eval mode: BatchNorm uses its running statistics, and a quantiser's EMA codebook (whose update is a
+    # collective under DDP) is not updated by a pass that runs on this process alone
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return stats_of_batches(model.encode, moved)  # float32: the figures a diffusion model is trained with
+    finally:
+        model.train(was_training)
 
 
 def _test_metrics(run: RunParts, plan: Plan) -> dict[str, float]:
