@@ -22,6 +22,7 @@ EPILOG = """examples:
   vaekit eval runs/RUN --split test              # metrics, a table and figures under runs/RUN/eval/
   vaekit compare runs/A runs/B --out cmp         # several models on the same batches
   vaekit export RUN_DIR --format diffusers       # a folder AutoencoderKL.from_pretrained loads
+  vaekit sweep cfg.yaml --trials 8 --param optim.lr=loguniform:1e-4:1e-2 --param loss.beta=choice:1,4,10
   vaekit shard images/ --out shards/ --samples-per-shard 1000   # then data.source=webdataset data.path=shards/
   vaekit encode RUN_DIR --out latents/           # latent shards + stats.json (scale/shift) + manifest.json
   vaekit export RUN_DIR --format hub             # weights, configs and a model card; then `vaekit push`
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--split", default="val", choices=["val", "test", "train"])
     _eval_options(p_cmp)
 
+    _sweep_parser(sub)
+
     p_exp = sub.add_parser("export", help="write a run's weights (LoRA merged) as model.safetensors or a diffusers folder")
     p_exp.add_argument("run_dir", metavar="RUN_DIR")
     p_exp.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers", "hub"],
@@ -93,6 +96,36 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--out", metavar="DIR", help="output folder")
     _data_commands(sub)
     return parser
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="an Optuna study over config keys: one run per trial, resumable, tables + plot")
+    p.add_argument("args", nargs="*", metavar="[CONFIG] [key.path=value ...]")
+    p.add_argument("--trials", type=int, help="trials in total (a continued sweep runs the missing ones)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=DIST",
+                   help="a searched key: loguniform:LO:HI, uniform:LO:HI, int:LO:HI, intlog:LO:HI, choice:A,B,C")
+    p.add_argument("--metric", help="the record to optimise, e.g. val/loss (default: sweep.metric)")
+    p.add_argument("--direction", choices=["minimize", "maximize"])
+    p.add_argument("--jobs", type=int, help="trials at once")
+    p.add_argument("--nproc", type=int, help="processes per trial (torchrun)")
+    p.add_argument("--pruner", choices=["median", "none"])
+    p.add_argument("--dir", help="the sweep directory (default: {run.dir}/sweep-{run.name})")
+
+
+def _sweep_command(args: argparse.Namespace) -> int:
+    from vaekit.sweep.runner import run_sweep
+    from vaekit.sweep.spec import build_spec
+
+    config, overrides = _split_args(args.args)
+    flags = {"trials": args.trials, "metric": args.metric, "direction": args.direction, "jobs": args.jobs,
+             "nproc": args.nproc, "pruner": args.pruner, "dir": args.dir}
+    spec = build_spec(config, overrides, flags, args.param)
+    result = run_sweep(spec)
+    best = result["best"]
+    if best is not None:
+        print(f"best: trial {best['trial']} {result['metric']}={best['value']:.5g} {best['params']}", file=sys.stderr)
+    print(spec.directory / "results.md")
+    return 0
 
 
 # ------------------------------------------------------------------ shards and latents (issue 16)
@@ -242,6 +275,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(export_run(args.run_dir, args.format, args.checkpoint, args.out))
         return 0
+
+    if args.command == "sweep":
+        return _sweep_command(args)
 
     if args.command in ("eval", "compare"):
         return _eval_command(args) if args.command == "eval" else _compare_command(args)

@@ -126,6 +126,10 @@ def _check_bottleneck(model: ModelConfig, cfg: VaekitConfig, prefix: str) -> Non
         return
     kl = cfg.loss.kl
     why = f"model.bottleneck.kind={kind} is a quantised latent without a KL term"
+    variant = getattr(cfg.loss, "variant", "elbo")
+    if variant != "elbo":
+        raise ConfigError(f"{prefix}loss.variant: {variant} reshapes the KL of a Gaussian posterior, but {why}; use "
+                          "loss.variant=elbo (or model.bottleneck.kind=gaussian)")
     if kl.schedule != "constant":
         raise ConfigError(f"{prefix}loss.kl.schedule: {kl.schedule} schedules a KL, but {why}; remove it (or use "
                           "model.bottleneck.kind=gaussian)")

@@ -408,6 +408,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], prefix
     if kind == "missing":
         return f"{key}: required"
     msg = e["msg"].removeprefix("Value error, ")
+    if len(loc) <= 1 and re.match(r"[a-z_]+(\.[a-z_]+)*[:=]", msg):  # a section's cross-field check names its key
+        return prefix + msg
     return f"{key}: {_short(value)} is invalid: {msg}"
 
 

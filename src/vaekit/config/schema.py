@@ -395,13 +395,35 @@ class ResNetConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------- model
+# research priors and the two-layer model (issue 15)
+class PriorConfig(Section):
+    """The prior p(z): the standard normal, or a VampPrior (Tomczak & Welling 2018)."""
+
+    kind: Literal["normal", "vampprior"] = "normal"
+    """normal: N(0, I), KL in closed form; vampprior: p(z) = 1/K Σ_k q(z | u_k) with K learned pseudo-inputs u_k;
+    the KL is then a one-sample Monte-Carlo estimate log q(z|x) − log p(z) (logged as ``kl``)."""
+    pseudo_inputs: int = Field(500, ge=1, le=100000)
+    """K, the number of pseudo-inputs (must not exceed the training samples)."""
+
+
+class TopLayerConfig(Section):
+    """arch=hvae: the second stochastic layer (z1 → z2) of the two-layer VAE (IWAE paper's second architecture)."""
+
+    latent_dim: int = Field(50, ge=1, le=2**20)
+    """Size of the top latent z2 (the IWAE paper: 50; z1 is ``model.latent_dim``, the paper's 100)."""
+    hidden_dims: list[int] = Field(default_factory=lambda: [100, 100])
+    """Hidden widths of q(z2|z1) and p(z1|z2) (the paper: two layers of 100)."""
+
+
 class ModelConfig(Section):
-    arch: Literal["conv", "mlp", "resnet", "custom", "diffusers"] = "conv"
+    arch: Literal["conv", "mlp", "resnet", "custom", "diffusers", "hvae"] = "conv"
     """conv: convolutional VAE, 1D/2D/3D chosen from the data (audio/images/video); mlp: flat inputs;
     resnet: Stable-Diffusion-style autoencoder (ResNet blocks, attention, spatial latent; 1D/2D/3D, causal video:
     ``model.resnet``; its latent is always spatial and it always uses GroupNorm + SiLU, so ``model.latent``,
-    ``norm``, ``activation`` and ``dropout`` are conv/mlp keys); custom: a module passed to ``vaekit.train(model=...)`` (set automatically); diffusers: a
-    diffusers autoencoder, pretrained (``model.pretrained``) or from a config (``model.diffusers_config``)."""
+    ``norm``, ``activation`` and ``dropout`` are conv/mlp keys); custom: a module passed to
+    ``vaekit.train(model=...)`` (set automatically); diffusers: a diffusers autoencoder, pretrained
+    (``model.pretrained``) or from a config (``model.diffusers_config``); hvae: a two-stochastic-layer MLP VAE
+    (x → z1 → z2, ``model.top``)."""
     pretrained: str | None = None
     """arch=diffusers: a local folder written by ``save_pretrained`` (loads offline) or a Hugging Face hub id
     (e.g. ``stabilityai/sd-vae-ft-mse``; downloaded where the hub is reachable)."""
@@ -442,6 +464,10 @@ class ModelConfig(Section):
     output_activation: Literal["none", "tanh", "sigmoid"] = "none"
     """Built-in models: the decoder's mean passes through tanh (data in [-1, 1]) or a sigmoid (data in [0, 1]).
     For mse, l1 and gaussian; bce already maps its logits through a sigmoid."""
+    prior: PriorConfig = Field(default_factory=PriorConfig)
+    """The prior p(z) (normal or vampprior; built-in families)."""
+    top: TopLayerConfig = Field(default_factory=TopLayerConfig)
+    """arch=hvae: the second stochastic layer."""
     bottleneck: BottleneckConfig = Field(default_factory=BottleneckConfig)
     """The latent: Gaussian (default) or quantised (vq, rvq, fsq, lfq); for mlp, conv and resnet."""
     resnet: ResNetConfig = Field(default_factory=ResNetConfig)
@@ -470,6 +496,9 @@ class ModelConfig(Section):
         if self.bottleneck.quantized and self.arch not in quantizable:
             raise ValueError(f"model.bottleneck.kind: {self.bottleneck.kind} applies to model.arch "
                              f"{', '.join(quantizable)}; model.arch={self.arch} has its own latent (use gaussian)")
+        if self.bottleneck.quantized and self.prior.kind != "normal":
+            raise ValueError(f"model.prior.kind: {self.prior.kind} is a prior over a Gaussian latent; "
+                             f"model.bottleneck.kind={self.bottleneck.kind} is quantised (use model.prior.kind=normal)")
         if self.arch == "resnet":
             n = len(self.hidden_dims)
             bad = [i for i in self.resnet.attention_stages if i >= n]
@@ -598,6 +627,58 @@ class AdversarialConfig(Section):
     """The PatchGAN discriminator's size (1D/2D/3D to match the data)."""
 
 
+# ------------------------------------------------------------------------------- research variants
+Variant = Literal["elbo", "beta_tcvae", "factor_vae", "dip_vae_i", "dip_vae_ii", "iwae", "miwae"]
+
+
+class TCConfig(Section):
+    """β-TCVAE (Chen et al. 2018): the KL split into index-code MI, total correlation and dimension-wise KL."""
+
+    alpha: float = Field(1.0, ge=0.0)
+    """Weight of the index-code mutual information I(x; z)."""
+    beta: float = Field(6.0, ge=0.0)
+    """Weight of the total correlation TC(z) (the paper's β)."""
+    gamma: float = Field(1.0, ge=0.0)
+    """Weight of the dimension-wise KL Σ_d KL(q(z_d) || p(z_d))."""
+    estimator: Literal["mws", "mss"] = "mss"
+    """How log q(z) is estimated from the minibatch: minibatch-weighted sampling (mws) or minibatch-stratified
+    sampling (mss), the paper's two estimators; both need the training set size (read from the data)."""
+
+
+class FactorConfig(Section):
+    """FactorVAE (Kim & Mnih 2018): a latent discriminator estimates TC(z) by the density-ratio trick."""
+
+    gamma: float = Field(10.0, ge=0.0)
+    """Weight of the TC estimate E[log D(z) / (1 − D(z))] in the autoencoder's loss."""
+    hidden: int = Field(1000, ge=1, le=MAX_WIDTH)
+    """Width of each hidden layer of the latent discriminator (the paper: 1000)."""
+    layers: int = Field(6, ge=1, le=64)
+    """Hidden layers of the latent discriminator (the paper: 6, LeakyReLU 0.2)."""
+
+
+class DIPConfig(Section):
+    """DIP-VAE (Kumar et al. 2018): moments of the aggregate posterior pushed towards the prior's identity."""
+
+    lambda_od: float = Field(10.0, ge=0.0)
+    """Weight of the squared off-diagonal entries of the covariance."""
+    lambda_d: float | None = Field(None, ge=0.0)
+    """Weight of the squared (diagonal − 1) entries. None: 10·lambda_od for dip_vae_i, lambda_od for dip_vae_ii
+    (the paper's settings)."""
+
+
+class IWConfig(Section):
+    """IWAE (Burda et al. 2016) and MIWAE (Rainforth et al. 2018) bounds with k·m posterior samples per input."""
+
+    k: int = Field(5, ge=1, le=100000)
+    """Importance samples inside each log-mean-exp."""
+    m: int = Field(1, ge=1, le=100000)
+    """miwae: independent bounds averaged (the k×M layout: m groups of k samples); iwae uses m=1."""
+    memory_limit_mb: float | None = Field(None, gt=0.0)
+    """Refuse a run whose k·m-sample decoder activations are estimated above this (MiB) before training.
+    None: the free GPU memory, or the available RAM on CPU."""
+
+
+
 ReconKind = Literal["mse", "l1", "bce", "gaussian"]
 
 
@@ -624,6 +705,29 @@ class LossConfig(Section):
     """Multi-resolution STFT term (audio)."""
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     """PatchGAN adversarial term and its discriminator."""
+    variant: Variant = "elbo"
+    """The objective: elbo (β-VAE with ``kl``), beta_tcvae (``tc``), factor_vae (``factor`` and ``factor_optim``),
+    dip_vae_i / dip_vae_ii (``dip``), iwae / miwae (``iw``). Variants other than elbo replace the KL term."""
+    tc: TCConfig = Field(default_factory=TCConfig)
+    """beta_tcvae weights and estimator."""
+    factor: FactorConfig = Field(default_factory=FactorConfig)
+    """factor_vae: the TC weight and the latent discriminator."""
+    dip: DIPConfig = Field(default_factory=DIPConfig)
+    """dip_vae_i / dip_vae_ii weights."""
+    iw: IWConfig = Field(default_factory=IWConfig)
+    """iwae / miwae: samples and the memory limit."""
+
+    @model_validator(mode="after")
+    def _variant_fits(self) -> LossConfig:
+        if self.variant == "elbo":
+            return self
+        if self.adversarial.weight > 0:
+            raise ValueError(f"loss.variant={self.variant}: not combined with loss.adversarial.weight > 0 (use elbo)")
+        if self.kl.schedule == "capacity" or self.kl.free_bits > 0:
+            raise ValueError(f"loss.variant={self.variant}: kl.schedule=capacity and kl.free_bits apply to elbo only")
+        if self.variant == "iwae" and self.iw.m != 1:
+            raise ValueError("loss.iw.m: iwae uses one bound (m=1); use loss.variant=miwae for m > 1")
+        return self
 
 
 # ----------------------------------------------------------------------------------------- optim
@@ -871,6 +975,31 @@ class StageConfig(BaseModel):
         return v
 
 
+# ----------------------------------------------------------------------------------------- sweep
+class SweepConfig(Section):
+    """``vaekit sweep``: an Optuna study over config keys (command-line flags override these)."""
+
+    trials: int = Field(8, ge=1, le=100000)
+    """Trials in the study in total (a continued sweep runs only the missing ones)."""
+    params: dict[str, str] = Field(default_factory=dict)
+    """Config key → distribution: ``loguniform:LO:HI``, ``uniform:LO:HI``, ``int:LO:HI``, ``choice:A,B,C``."""
+    metric: str = "val/loss"
+    """The record to optimise (``split/term``, e.g. ``val/loss``); its last value in a trial is the trial's value."""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    """Whether a lower or a higher metric is better."""
+    jobs: int = Field(1, ge=1, le=1024)
+    """Trials running at once (each a subprocess)."""
+    nproc: int = Field(1, ge=1, le=1024)
+    """Processes per trial (>1: launched with torchrun, data-parallel)."""
+    pruner: Literal["median", "none"] = "median"
+    """Stop a trial whose validation records fall below the median of earlier trials at the same step."""
+    dir: str | None = None
+    """The sweep's directory (study.db, one run directory per trial, the tables and plot). Default:
+    ``{run.dir}/sweep-{run.name or 'study'}``."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """The sampler's seed."""
+
+
 # ------------------------------------------------------------------------------------------- all
 class VaekitConfig(Section):
     preset: str | list[str] | None = None
@@ -888,6 +1017,11 @@ class VaekitConfig(Section):
     """The autoencoder's optimizer."""
     disc_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-4, betas=(0.5, 0.9)))
     """The discriminator's optimizer (used when ``loss.adversarial.weight > 0``)."""
+    sweep: SweepConfig | None = None
+    """``vaekit sweep``'s settings (ignored by ``vaekit train``)."""
+    factor_optim: OptimConfig | None = None
+    """loss.variant=factor_vae: the latent discriminator's optimizer (required then; the paper: adam, lr 1e-4,
+    betas [0.5, 0.9])."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     """Length, batch, precision, checkpoints and the distributed strategy."""
     log: LogConfig = Field(default_factory=LogConfig)
@@ -913,4 +1047,32 @@ class VaekitConfig(Section):
         # a diffusers decoder outputs samples, not logits: its default likelihood is mse, not the global bce
         if self.model.arch == "diffusers" and "recon" not in self.loss.model_fields_set:
             self.loss.recon = "mse"
+        return self
+
+    @model_validator(mode="after")
+    def _research_settings(self) -> VaekitConfig:
+        if self.loss.variant == "factor_vae" and self.factor_optim is None:
+            raise ValueError(
+                "factor_optim: required with loss.variant=factor_vae (the latent discriminator's own optimizer, "
+                "e.g. factor_optim: {lr: 1.0e-4, betas: [0.5, 0.9]}; preset factor-vae sets it)"
+            )
+        loss = self.loss
+        if loss.variant in ("iwae", "miwae"):
+            # the importance-weighted bound is the whole loss: settings it cannot honour are refused, not ignored
+            ignored = [key for key, on in (
+                ("loss.reduction=mean", loss.reduction == "mean"),
+                ("loss.recon_weight != 1", loss.recon_weight != 1.0),
+                ("loss.perceptual.weight", loss.perceptual.kind != "none" and loss.perceptual.weight > 0),
+                ("loss.spectral.weight", loss.spectral.weight > 0),
+                ("loss.adversarial.weight", loss.adversarial.weight > 0),
+                ("loss.kl.free_bits", loss.kl.free_bits > 0),
+                ("loss.kl.schedule=capacity", loss.kl.schedule == "capacity"),
+            ) if on]
+            if ignored:
+                raise ValueError(f"loss.variant={loss.variant}: the bound is the whole loss; remove {', '.join(ignored)}")
+        elif loss.variant != "elbo" and (loss.kl.free_bits > 0 or loss.kl.schedule == "capacity"):
+            raise ValueError(f"loss.variant={loss.variant}: loss.kl.free_bits and the capacity schedule apply to the plain "
+                             "ELBO only (set loss.kl.free_bits=0 and a constant/linear/cyclical schedule)")
+        if self.model.prior.kind == "vampprior" and self.model.arch in ("diffusers", "custom", "hvae"):
+            raise ValueError(f"model.prior=vampprior: built for the mlp and conv families, not model.arch={self.model.arch}")
         return self

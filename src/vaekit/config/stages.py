@@ -37,6 +37,11 @@ class Stage:
     def adversarial(self) -> bool:
         return self.cfg.loss.adversarial.weight > 0
 
+    @property
+    def factor(self) -> bool:
+        """A FactorVAE stage: its latent discriminator trains as the second update."""
+        return self.cfg.loss.variant == "factor_vae"
+
     def frozen_groups(self, previously_frozen: set[str]) -> set[str]:
         """Frozen set after this stage's freeze/unfreeze (freezing carries over from earlier stages)."""
         return (previously_frozen | set(self.spec.freeze)) - set(self.spec.unfreeze)

@@ -9,6 +9,7 @@ from typing import Any
 
 from vaekit.engine.checkpoint import RNGState
 from vaekit.engine.signals import TrainingInterrupted
+from vaekit.errors import ConfigError
 
 
 class Blocks:
@@ -44,12 +45,29 @@ class Blocks:
             st.stage_done, st.clock = False, {}
             self.metrics.reset()
         plan.clock.load_state_dict(st.clock)
+        self._research_checks(plan)
         self.metrics.where = {"stage": plan.name, "stage_index": plan.index}
         if self.ckpt.loaded_from is not None and self.metrics.last_good.startswith("no checkpoint"):
             self.metrics.last_good = f"the last good checkpoint is {self.ckpt.loaded_from}"
         self.metrics.last_log = (time.time(), st.step)
         plan.train_mode()
         self.console.start_stage(plan.describe(st), total=plan.clock.limit_steps(), initial=st.stage_step)
+
+    def _research_checks(self, plan: Any) -> None:
+        """Research objectives' needs, checked before the stage's first step: the training set size (β-TCVAE),
+        the memory of k·m importance samples (IWAE/MIWAE), pseudo-inputs that the data can support (VampPrior)."""
+        info, loss = plan.data.info, plan.cfg.loss
+        plan.objective.dataset_size = info.n_train
+        prior = getattr(self.model, "prior", None)
+        if prior is not None and prior.pseudo.shape[0] > info.n_train:
+            raise ConfigError(f"model.prior.pseudo_inputs={prior.pseudo.shape[0]}: more pseudo-inputs than the "
+                              f"{info.n_train} training samples; use at most {info.n_train}")
+        if loss.variant in ("iwae", "miwae"):
+            from vaekit.objectives.iwae import check_iw_memory
+
+            latent = self.model.latent_shape_for(tuple(info.shape))
+            check_iw_memory(self.model, latent, plan.objective.samples, plan.cfg.train.batch_size // self.rt.world,
+                            loss.iw.k, loss.iw.m, loss.iw.memory_limit_mb, self.rt.device)
 
     def _periodic(self, plan: Any, reason: str | None) -> str | None:
         """log → validate → checkpoint after a step; returns why the stage ends, if it does."""

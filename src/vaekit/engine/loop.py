@@ -107,7 +107,9 @@ class Trainer(Blocks):
         fakes = []
         for i, batch in enumerate(batches):  # generator: forward once per micro-batch
             x = batch["x"].to(rt.device, non_blocking=True)
-            x_in, noise = self.noise.draw(x, self.model.latent_shape_for(tuple(x.shape[1:])), cfg.loss.denoise)
+            latent = self.model.latent_shape_for(tuple(x.shape[1:]))
+            samples = getattr(plan.objective, "samples", 1)  # IWAE/MIWAE: S posterior samples per input
+            x_in, noise = self.noise.draw(x, (samples, *latent) if samples > 1 else latent, cfg.loss.denoise)
             with rt.no_sync(plan.forward if gen else None, i == n - 1), rt.autocast():
                 out = plan.forward(x_in, noise=noise)
                 loss, terms = plan.objective(x, out, step, discriminator=self.disc if adv_on else None,
@@ -116,7 +118,8 @@ class Trainer(Blocks):
                 rt.backward(loss / n if n > 1 else loss)
             self.metrics.record(step, terms, x.shape[0])
             if adv_on:
-                fakes.append(out.recon.detach())  # raw likelihood parameters; the d-objective maps them
+                # raw likelihood parameters (the d-objective maps them); FactorVAE's latent discriminator reads z
+                fakes.append(getattr(out, getattr(plan.d_objective, "reads", "recon")).detach())
         extra = self._apply(gen, log_now, "")
         if adv_on and disc is not None:  # discriminator: the same micro-batches' detached reconstructions
             disc.optimizer.zero_grad(set_to_none=True)  # the generator's backward reached it: not its own loss

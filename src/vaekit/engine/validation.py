@@ -113,7 +113,9 @@ class Validator:
                 global_b = min(batch_size, n_total - i * batch_size) if n_total else x.shape[0]
                 sizes = [len(c) for c in torch.tensor_split(torch.arange(global_b), rt.world)]
                 lo = sum(sizes[: rt.rank])
-                noise = torch.randn((global_b, *latent), generator=gen, device=rt.device)[lo : lo + x.shape[0]]
+                samples = getattr(plan.objective, "samples", 1)  # IWAE/MIWAE: the same bound as training
+                shape = (global_b, samples, *latent) if samples > 1 else (global_b, *latent)
+                noise = torch.randn(shape, generator=gen, device=rt.device)[lo : lo + x.shape[0]]
                 if x.shape[0] == 0:  # the last batch split over processes can leave one empty
                     continue
                 with rt.autocast():

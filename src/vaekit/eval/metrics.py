@@ -91,6 +91,8 @@ def importance_weighted_nll(
     if k < 1:
         raise ValueError(f"importance-weighted NLL needs k >= 1 samples (got {k})")
     kind = kind or model.recon_kind
+    if has_own_densities(model):
+        return -iwae_bound(*sampled_log_densities(model, x, k, generator, kind))
     mean, logvar = model.encode(x)
     mean, logvar = mean.float(), logvar.float()
     std = torch.exp(0.5 * logvar)
@@ -105,6 +107,28 @@ def importance_weighted_nll(
         terms.append((log_px_z, log_pz, log_qz))
     log_px_z, log_pz, log_qz = (torch.stack(t) for t in zip(*terms, strict=True))
     return -iwae_bound(log_px_z, log_pz, log_qz)
+
+
+def has_own_densities(model: nn.Module) -> bool:
+    """A model whose prior is not N(0, I) or whose posterior has several layers (a VampPrior, ``arch=hvae``):
+    its forward reports ``info["log_pz"]`` (and ``["log_qz"]``), which the ELBO and IWAE estimates must use."""
+    return getattr(model, "prior", None) is not None or getattr(model, "config", {}).get("arch") == "hvae"
+
+
+def sampled_log_densities(model: nn.Module, x: Tensor, k: int, generator: torch.Generator | None,
+                          kind: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log p(x|z), log p(z), log q(z|x))``, each ``(k, B)``, for k draws through the model's own forward."""
+    from vaekit.objectives.iwae import latent_log_densities
+
+    latent = tuple(model.latent_shape_for(tuple(x.shape[1:])))
+    terms = []
+    for _ in range(k):
+        eps = torch.randn((x.shape[0], *latent), generator=generator, device=x.device)
+        out = model(x, noise=eps)
+        log_qz, log_pz = latent_log_densities(out, multi=False)
+        terms.append((log_likelihood(kind, out.recon, x, out.recon_logvar), log_pz, log_qz))
+    log_px_z, log_pz, log_qz = (torch.stack(t) for t in zip(*terms, strict=True))
+    return log_px_z, log_pz, log_qz
 
 
 def bits_per_dim(nll: Tensor, dims: int) -> Tensor:

@@ -12,6 +12,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "audio": ("si_sdr", "mrstft", "lsd"),
     "tags": ("tags",),  # binary tables / multi-hot tags
     "factors": ("mig", "sap"),  # data with labels or generative factors in batch["y"]
+    # the same data, asked for by name (scikit-learn models: seconds to minutes on large sets)
+    "disentangle": ("dci", "factor_vae_score", "beta_vae_score"),
 }
 ALL_METRICS = tuple(name for group in METRICS.values() for name in group)
 NEEDS_WEIGHTS = ("lpips", "rfid", "fid")
@@ -58,6 +60,11 @@ UNITS = {
     "code_usage": "fraction of codes",
     "perplexity": "codes",
     "dead_codes": "count",
+    "dci_disentanglement": "[0, 1]",
+    "dci_completeness": "[0, 1]",
+    "dci_informativeness": "accuracy",
+    "factor_vae_score": "accuracy",
+    "beta_vae_score": "accuracy",
 }
 
 

@@ -109,9 +109,10 @@ def _why_not(name: str, data: EvalData, has_y: bool, binary: bool, vector_latent
         return f"audio only (the data is {data.modality})"
     if name == "tags" and not binary:
         return "binary / multi-hot data only"
-    if name in METRICS["factors"] and not has_y:
+    factor_metric = name in METRICS["factors"] or name in METRICS["disentangle"]
+    if factor_metric and not has_y:
         return "needs labels or factors in batch['y']"
-    if name in METRICS["factors"] and not vector_latent:
+    if factor_metric and not vector_latent:
         return "vector latents only"
     if name == "ms_ssim" and size < M.MS_SSIM_MIN_SIZE:
         return f"needs images of at least {M.MS_SSIM_MIN_SIZE} px a side (these are {size})"
@@ -248,7 +249,11 @@ class _Pass:
         dims = x[0].numel()
         if "elbo" in want:
             with timed("elbo"):
-                for name, value in M.elbo_terms(self.kind, recon_z, x, mean, logvar, logvar_z).items():
+                terms = M.elbo_terms(self.kind, recon_z, x, mean, logvar, logvar_z)
+                if M.has_own_densities(model):  # a learned prior / two layers: the sampled KL, not N(0, I)'s
+                    log_px, log_pz, log_qz = (t[0] for t in M.sampled_log_densities(model, x, 1, gen, self.kind))
+                    terms = {"recon_nll": -log_px, "kl": log_qz - log_pz, "neg_elbo": log_qz - log_pz - log_px}
+                for name, value in terms.items():
                     self.add(name, value)
                 self.add("neg_elbo_bpd", M.bits_per_dim(self.per_sample["neg_elbo"][-1], dims))
         if "iwae" in want:
@@ -367,7 +372,7 @@ class _Pass:
             details["f1_per_label"] = scores.pop("f1_per_label")
             out.update(scores)
         self.y_all = torch.cat(self.labels) if self.labels else None
-        if want & {"mig", "sap"} and self.y_all is not None:
+        if want & {"mig", "sap", "dci", "factor_vae_score", "beta_vae_score"} and self.y_all is not None:
             self._factors(out, details)
         return out, details
 
@@ -400,6 +405,21 @@ class _Pass:
                     result = score(self.all_means.numpy(), y_all.numpy())
                 out[metric] = result[metric]
                 details[f"{metric}_per_factor"] = dict(zip(names, result[f"{metric}_per_factor"], strict=False))
+        self._disentangle(out, details)
+
+    def _disentangle(self, out: dict[str, float], details: dict[str, Any]) -> None:
+        """DCI, the FactorVAE score and the β-VAE score (``eval.disentangle``), seeded by the pass's seed."""
+        from vaekit.eval import disentangle as D
+
+        z, y = self.all_means.numpy(), self.y_all.numpy()
+        if "dci" in self.want:
+            result = D.dci(z, y, seed=self.seed)
+            details["dci_importance"] = result.pop("importance")
+            out.update(result)
+        if "factor_vae_score" in self.want:
+            out["factor_vae_score"] = D.factor_vae_score(z, y, seed=self.seed)["factor_vae_score"]
+        if "beta_vae_score" in self.want:
+            out["beta_vae_score"] = D.beta_vae_score(z, y, seed=self.seed)["beta_vae_score"]
 
     def artifacts(self) -> Artifacts:
         return Artifacts(

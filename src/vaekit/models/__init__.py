@@ -16,6 +16,7 @@ from vaekit.models.base import (
 from vaekit.models.conv import ConvVAE
 from vaekit.models.diffusers import DiffusersVAE  # diffusers itself is imported only when one is built
 from vaekit.models.discriminators import PatchDiscriminator, build_discriminator
+from vaekit.models.hvae import HierarchicalVAE
 from vaekit.models.mlp import MLPVAE
 from vaekit.models.resnet import ResNetVAE
 
@@ -24,6 +25,7 @@ __all__ = [
     "VAE",
     "ConvVAE",
     "DiffusersVAE",
+    "HierarchicalVAE",
     "MLPVAE",
     "PatchDiscriminator",
     "ResNetVAE",

@@ -184,7 +184,7 @@ class ModuleVAE(VAE):
 
     def forward(self, x: Tensor, sample_posterior: bool = True, noise: Tensor | None = None) -> VAEOutput:
         out = super().forward(x, sample_posterior=sample_posterior, noise=noise)
-        if out.recon.shape != x.shape:
+        if out.recon.shape[out.recon.dim() - x.dim() + 1 :] != x.shape[1:] or out.recon.shape[0] != x.shape[0]:
             raise ModelProtocolError(
                 f"model.decode(z) returned shape {tuple(out.recon.shape)} for input {tuple(x.shape)}; the "
                 "reconstruction must have the input's shape"

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.config.schema import ModelConfig
-from vaekit.models.bottleneck import Bottleneck, GaussianBottleneck, build_bottleneck, reparameterize
+from vaekit.models.bottleneck import Bottleneck, GaussianBottleneck, build_bottleneck
 from vaekit.models.layers import LOGVAR_MAX, LOGVAR_MIN, CheckpointedSequential
 
 RECON_KINDS = ("mse", "l1", "bce", "gaussian")
@@ -132,14 +132,31 @@ class VAE(nn.Module):
 
         ε is ``noise`` when given (the trainer draws it for the global batch so data-parallel runs match a single
         process), else ``randn_like`` on the global RNG, so a restored RNG state reproduces the run.
+        With ``noise`` of shape ``(B, S, *latent)`` it draws S samples per input (importance-weighted objectives):
+        ``z`` is then ``(B, S, *latent)`` and ``recon`` ``(B, S, *shape)``. A model with a learned prior
+        (``self.prior``) reports ``info["log_pz"]`` for each z.
         """
         if self.quantized:  # deterministic: sample_posterior and noise do not apply
             z, info = self.bottleneck(self.features(x))
-            mean, logvar = z, None
+            recon, recon_logvar = self.decode(z)
+            return VAEOutput(recon=recon, mean=z, logvar=None, z=z, recon_logvar=recon_logvar, info=info)
+        mean, logvar = self.encode(x)
+        multi = noise is not None and noise.dim() == mean.dim() + 1
+        if sample_posterior:
+            eps = torch.randn_like(mean) if noise is None else noise.to(mean.dtype)
+            std = torch.exp(0.5 * logvar)
+            z = mean.unsqueeze(1) + std.unsqueeze(1) * eps if multi else mean + std * eps
         else:
-            mean, logvar = self.encode(x)
-            z, info = reparameterize(mean, logvar, sample_posterior, noise), {}
-        recon, recon_logvar = self.decode(z)
+            z, multi = mean, False
+        recon, recon_logvar = self.decode(z.flatten(0, 1) if multi else z)
+        if multi:
+            recon = recon.unflatten(0, z.shape[:2])
+            if recon_logvar is not None and recon_logvar.dim() > 0:
+                recon_logvar = recon_logvar.unflatten(0, z.shape[:2])
+        info = {}
+        prior = getattr(self, "prior", None)
+        if prior is not None:
+            info["log_pz"] = prior.log_prob(z.flatten(0, 1) if multi else z, self.encode).view(z.shape[: 2 if multi else 1])
         return VAEOutput(recon=recon, mean=mean, logvar=logvar, z=z, recon_logvar=recon_logvar, info=info)
 
     def latent_shape_for(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -157,7 +174,11 @@ class VAE(nn.Module):
         param = next(self.parameters())
         device = generator.device if generator is not None else param.device
         latent = self.latent_shape_for(input_shape) if input_shape is not None else tuple(self.latent_shape)
-        z = self.bottleneck.sample(n, latent, generator, device, param.dtype)
+        prior = getattr(self, "prior", None)
+        if prior is not None:
+            z = prior.sample(n, self.encode, generator)
+        else:
+            z = self.bottleneck.sample(n, latent, generator, device, param.dtype)
         return self.decode(z.to(param.device))[0]
 
     @property
@@ -218,16 +239,27 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], recon_kind: str) -> VA
     """Build the family named by ``cfg.arch`` for per-sample data ``shape`` and likelihood ``recon_kind``."""
     if cfg.arch not in MODELS:
         raise ValueError(f"unknown model.arch {cfg.arch!r}; registered: {sorted(MODELS)}")
-    return MODELS[cfg.arch].from_model_config(cfg, tuple(shape), recon_kind)
+    model = MODELS[cfg.arch].from_model_config(cfg, tuple(shape), recon_kind)
+    if cfg.prior.kind != "normal":
+        from vaekit.models.priors import attach_prior
+
+        attach_prior(model, cfg.prior.kind, cfg.prior.pseudo_inputs, tuple(shape))
+    return model
 
 
 def build_model_from_config(config: dict[str, Any]) -> VAE:
     """Rebuild a model from its :attr:`VAE.config` (e.g. read back from JSON beside ``model.safetensors``)."""
     kwargs = dict(config)
     arch = kwargs.pop("arch")
+    prior = kwargs.pop("prior", None)
     if arch not in MODELS:
         raise ValueError(f"unknown arch {arch!r} in model config; registered: {sorted(MODELS)}")
-    return MODELS[arch](**kwargs)
+    model = MODELS[arch](**kwargs)
+    if prior is not None:
+        from vaekit.models.priors import attach_prior
+
+        attach_prior(model, prior["kind"], prior["pseudo_inputs"], tuple(prior["shape"]))
+    return model
 
 
 # ------------------------------------------------------------------------------------------ inspection

@@ -106,3 +106,19 @@ def build_discriminator(cfg: DiscriminatorConfig, shape: tuple[int, ...]) -> Pat
             f"(logits map {out}); lower it or raise data.image_size"
         )
     return disc
+
+
+class LatentDiscriminator(nn.Module):
+    """FactorVAE's discriminator: an MLP on z (LeakyReLU 0.2) giving one logit for "drawn from q(z)"."""
+
+    def __init__(self, latent_dim: int, hidden: int = 1000, layers: int = 6) -> None:
+        super().__init__()
+        dims = [latent_dim] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            blocks += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+        blocks.append(nn.Linear(dims[-1], 1))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z.flatten(1)).squeeze(-1)  # (B,)

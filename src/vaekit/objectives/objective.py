@@ -22,18 +22,26 @@ from vaekit.objectives.adversarial import (
     g_nonsaturating_loss,
     r1_penalty,
 )
+from vaekit.objectives.iwae import iwae_bound, latent_log_densities
 from vaekit.objectives.kl import kl_loss, kl_per_element
 from vaekit.objectives.perceptual import PerceptualLoss
-from vaekit.objectives.reconstruction import likelihood_mean, mse_per_element, reconstruction_loss
+from vaekit.objectives.reconstruction import (
+    likelihood_mean,
+    mse_per_element,
+    reconstruction_loss,
+    reconstruction_nll,
+)
 from vaekit.objectives.schedules import capacity, kl_weight
 from vaekit.objectives.spectral import multi_resolution_stft_loss
 from vaekit.objectives.terms import vae_terms
+from vaekit.objectives.variants import variant_kl_term
 
 
 class VAEOutputLike(Protocol):
     recon: Tensor
     mean: Tensor
     logvar: Tensor | None
+    z: Tensor
     recon_logvar: Tensor | None
 
 
@@ -71,6 +79,11 @@ class VAEObjective(nn.Module):
         self.perceptual = PerceptualLoss(cfg.perceptual) if use_perceptual else None
         self._has_rec = cfg.recon_weight > 0 or use_perceptual
         """Whether a reconstruction term exists for the adaptive adversarial weight to balance against."""
+        # research variants (objectives.variants, objectives.iwae)
+        self.samples = cfg.iw.k * cfg.iw.m if cfg.variant in ("iwae", "miwae") else 1
+        """Posterior samples the forward must draw per input (the trainer shapes its noise ``(B, S, *latent)``)."""
+        self.dataset_size: int | None = None
+        """The training set size (β-TCVAE's estimators), set by the trainer at a stage's start."""
 
     def forward(
         self,
@@ -99,6 +112,8 @@ class VAEObjective(nn.Module):
             ``adv_weight``, ``feature_matching``).
         """
         cfg = self.cfg
+        if cfg.variant in ("iwae", "miwae"):
+            return self._iw_forward(target, out, step, detailed)
         terms: dict[str, Tensor] = {}
         adv = cfg.adversarial
         adv_on = adv.weight > 0 and discriminator is not None and step >= adv.start_step
@@ -124,7 +139,7 @@ class VAEObjective(nn.Module):
         if out.logvar is None:  # a quantised latent: no KL; the bottleneck's own terms instead
             total = rec_loss + self._bottleneck_term(out, terms)
         else:
-            total = rec_loss + self._kl_term(out, step, terms, detailed)
+            total = rec_loss + self._kl_term(out, step, terms, detailed, discriminator)
 
         if cfg.spectral.weight > 0:
             spec = cfg.spectral
@@ -159,11 +174,21 @@ class VAEObjective(nn.Module):
         loss = info.get("bottleneck_loss")
         return loss if loss is not None else out.recon.new_zeros(())
 
-    def _kl_term(self, out: VAEOutputLike, step: int, terms: dict[str, Tensor], detailed: bool) -> Tensor:
-        """The KL part of the loss; records ``kl`` (raw, nats per sample), ``kl_weight`` and ``capacity``."""
+    def _kl_term(self, out: VAEOutputLike, step: int, terms: dict[str, Tensor], detailed: bool,
+                 discriminator: nn.Module | None = None) -> Tensor:
+        """The KL part of the loss; records ``kl`` (raw, nats per sample), ``kl_weight`` and ``capacity``.
+
+        A model that reports its own densities (``out.info["log_pz"]``: a VampPrior, a hierarchical model) gets
+        the one-sample Monte-Carlo estimate E[log q(z|x) − log p(z)] instead of the closed form."""
         kl_cfg = self.cfg.kl
-        kl_raw = kl_per_element(out.mean, out.logvar).sum() / out.mean.shape[0]
-        kl = kl_loss(out.mean, out.logvar, kl_cfg.free_bits).mean() if kl_cfg.free_bits > 0 else kl_raw
+        if self.cfg.variant != "elbo":
+            return variant_kl_term(self.cfg, out, step, discriminator, self.dataset_size, terms)
+        if "log_pz" in (getattr(out, "info", None) or {}):
+            log_qz, log_pz = latent_log_densities(out, multi=False)
+            kl_raw = kl = (log_qz - log_pz).mean()
+        else:
+            kl_raw = kl_per_element(out.mean, out.logvar).sum() / out.mean.shape[0]
+            kl = kl_loss(out.mean, out.logvar, kl_cfg.free_bits).mean() if kl_cfg.free_bits > 0 else kl_raw
         terms["kl"] = kl_raw
         if kl_cfg.schedule == "capacity":
             target_kl = capacity(step, kl_cfg)
@@ -174,6 +199,32 @@ class VAEObjective(nn.Module):
         if detailed:
             terms["kl_weight"] = _scalar(weight, kl)
         return kl if weight == 1.0 else weight * kl
+
+    def _iw_forward(self, target: Tensor, out: VAEOutputLike, step: int, detailed: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """IWAE / MIWAE: ``loss = −bound`` (nats per sample) from the k·m samples of ``out`` (one sample, the
+        ELBO, when the forward drew one). The KL schedule's weight scales log p(z) − log q(z|x) in each weight.
+        Terms: ``loss``, ``recon`` and ``kl`` (sample means, nats), ``mse``, ``kl_weight``."""
+        cfg = self.cfg
+        multi = out.z.dim() == out.mean.dim() + 1
+        b = target.shape[0]
+        s = out.z.shape[1] if multi else 1
+        recon = out.recon.flatten(0, 1) if multi else out.recon
+        rlv = out.recon_logvar
+        if rlv is not None and rlv.dim() > 0 and multi:
+            rlv = rlv.flatten(0, 1)
+        tgt = target.unsqueeze(1).expand(b, s, *target.shape[1:]).flatten(0, 1) if multi else target
+        nll = reconstruction_nll(cfg.recon, recon, tgt, rlv).view(b, s)
+        log_qz, log_pz = latent_log_densities(out, multi)
+        log_qz, log_pz = log_qz.view(b, s), log_pz.view(b, s)
+        weight = kl_weight(step, cfg.kl, cfg.beta)
+        log_w = -nll + weight * (log_pz - log_qz)
+        k, m = (cfg.iw.k, cfg.iw.m) if s == cfg.iw.k * cfg.iw.m else (s, 1)
+        total = -iwae_bound(log_w, k, m).mean()
+        terms = {"loss": total, "recon": nll.mean(), "kl": (log_qz - log_pz).mean(), "kl_weight": _scalar(weight, total)}
+        if detailed:
+            with torch.no_grad():
+                terms["mse"] = mse_per_element(likelihood_mean(cfg.recon, recon), tgt).mean()
+        return total, {name: value.detach() for name, value in terms.items()}
 
     def _adversarial_term(
         self,

@@ -21,7 +21,22 @@ def vae_terms(loss: LossConfig, bottleneck: BottleneckConfig | None = None) -> s
         terms.add("spectral")
     if loss.kl.schedule == "capacity" and "kl" in terms:
         terms.add("capacity")
+    terms |= VARIANT_TERMS.get(loss.variant, set())
     return terms
+
+
+VARIANT_TERMS: dict[str, set[str]] = {
+    "beta_tcvae": {"mi", "tc", "dwkl"},
+    "dip_vae_i": {"dip"},
+    "dip_vae_ii": {"dip"},
+}
+"""The terms a research variant adds (``objectives.variants``)."""
+
+
+def factor_terms(loss: LossConfig) -> set[str]:
+    """Train-only terms of FactorVAE: the TC estimate (validation has no discriminator) and the latent
+    discriminator's update."""
+    return {"tc", "d_loss", "d_acc"} if loss.variant == "factor_vae" else set()
 
 
 # ------------------------------------------------------------------------------------------ bottleneck
@@ -85,6 +100,9 @@ EVAL_REPORTS: dict[str, tuple[str, ...]] = {
     "sap": ("sap",),
     "rate": ("bits_per_position", "bits_per_element"),
     "codebook": ("code_usage", "perplexity", "dead_codes"),
+    "dci": ("dci_disentanglement", "dci_completeness", "dci_informativeness"),
+    "factor_vae_score": ("factor_vae_score",),
+    "beta_vae_score": ("beta_vae_score",),
 }
 """``eval.metrics`` names (the groups of ``vaekit.eval``) → the validation terms they add (names the objective
 already logs, such as ``kl`` and ``mse``, keep the objective's value)."""
@@ -95,7 +113,7 @@ def produced_metrics(loss: LossConfig, eval_metrics: list[str] | tuple[str, ...]
     """Every metric name (``train/…``, ``val/…``) a stage with this loss config (and ``eval.metrics``, and the
     model's bottleneck) logs."""
     terms = vae_terms(loss, bottleneck)
-    train = {f"train/{t}" for t in terms | adversarial_terms(loss)}
+    train = {f"train/{t}" for t in terms | adversarial_terms(loss) | factor_terms(loss)}
     extra = {name for group in eval_metrics for name in EVAL_REPORTS.get(group, ())}
     quantized = bottleneck is not None and bottleneck.quantized
     val_extra = QUANTIZER_VAL_EXTRA if quantized else (*VAL_EXTRA, *GAUSSIAN_RATE)

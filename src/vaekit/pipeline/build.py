@@ -8,6 +8,7 @@ The result is a `RunParts`; planning a stage (`vaekit.pipeline.plan`) and finish
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from vaekit.engine.runtime import Runtime
 from vaekit.errors import ConfigError, RunDirError, VaekitError, raised_in_user_code
 from vaekit.models import build_discriminator, build_model
 from vaekit.models.adapter import as_vae, export_module
+from vaekit.models.discriminators import LatentDiscriminator
 from vaekit.pipeline.stages import Stage, resolve_stages
 from vaekit.tracking.tracker import Console
 from vaekit.utils import set_seed
@@ -151,6 +153,14 @@ def _build_modules(cfg: VaekitConfig, model: nn.Module | None, info: DataInfo, s
         vae = vae.to(rt.device)
         adv = next((s for s in stages if s.adversarial), None)
         disc = build_discriminator(adv.cfg.loss.adversarial.discriminator, info.shape).to(rt.device) if adv else None
+        factor = next((s for s in stages if s.factor), None)
+        if factor is not None:  # FactorVAE: a latent discriminator in the discriminator's place
+            if adv is not None:
+                raise ConfigError("loss.variant=factor_vae: a run has one discriminator; it cannot also have stages "
+                                  "with loss.adversarial.weight > 0")
+            f = factor.cfg.loss.factor
+            latent = math.prod(vae.latent_shape_for(tuple(info.shape)))
+            disc = LatentDiscriminator(latent, f.hidden, f.layers).to(rt.device)
     except ValueError as err:
         if raised_in_user_code(err):  # the user's own encode: their traceback, unrelabelled
             raise

@@ -96,15 +96,13 @@ def _latent_stats(run: RunParts, plan: Plan) -> dict[str, Any] | None:
     loader = BatchLoader(val, plan.cfg.train.batch_size, shuffle=False, drop_last=False, seed=run.cfg.run.seed)
     device = next(model.parameters()).device
     moved = ({k: v.to(device) for k, v in b.items()} for b in loader)
-    # eval mode: BatchNorm uses its running statistics, and a quantiser's EMA codebook (whose update is a
-    # collective under DDP) is not updated by a pass that runs on this process alone
-    was_training = model.training
-    model.eval()
+    training = model.training
+    model.eval()  # batch norm in inference mode (running statistics; a last batch of 1 is fine)
     try:
         with torch.no_grad():
             return stats_of_batches(model.encode, moved)  # float32: the figures a diffusion model is trained with
     finally:
-        model.train(was_training)
+        model.train(training)
 
 
 def _test_metrics(run: RunParts, plan: Plan) -> dict[str, float]:

@@ -20,6 +20,7 @@ from vaekit.engine.updates import build_update
 from vaekit.errors import ConfigError, raised_in_user_code
 from vaekit.models.adapter import export_module
 from vaekit.objectives import DiscriminatorObjective, VAEObjective
+from vaekit.objectives.variants import FactorDiscriminatorObjective
 from vaekit.pipeline.build import RunParts
 from vaekit.pipeline.init_from import load_init_weights
 from vaekit.pipeline.stages import Stage, StageClock, init_from_weights
@@ -65,6 +66,12 @@ def plan_stage(run: RunParts, stage: Stage, resuming: bool) -> Plan:
         d_objective = DiscriminatorObjective(cfg.loss).to(rt.device)
         disc = build_update("discriminator", {"discriminator": list(run.disc.parameters())}, cfg.disc_optim,
                             total, rt, start_step=cfg.loss.adversarial.start_step)
+        if disc is not None:
+            updates["discriminator"] = disc
+    elif stage.factor and run.disc is not None:  # FactorVAE's latent discriminator, with its own optimizer
+        d_objective = FactorDiscriminatorObjective(cfg.loss).to(rt.device)
+        disc = build_update("discriminator", {"discriminator": list(run.disc.parameters())}, cfg.factor_optim,
+                            total, rt)
         if disc is not None:
             updates["discriminator"] = disc
     # the objective may hold a network (perceptual) whose init draws random numbers: seed it on its own, so

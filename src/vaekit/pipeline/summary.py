@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vaekit.config.schema import BottleneckConfig, LossConfig, ModelConfig, OptimConfig, VaekitConfig
 
 
@@ -71,10 +73,30 @@ def _other_terms(loss: LossConfig) -> list[str]:
         extra += f", R1 ×{adv.r1_weight:g} every {adv.r1_every}" if adv.r1_weight > 0 else ""
         extra += f", feature matching ×{adv.feature_matching:g}" if adv.feature_matching > 0 else ""
         terms.append(f"adversarial: PatchGAN {adv.loss} ×{adv.weight:g} from step {adv.start_step}{extra}")
+    variant = _describe_variant(loss)
+    if variant:
+        terms.append(variant)
     den = loss.denoise
     if den.noise_std > 0 or den.mask_rate > 0:
         terms.append(f"denoising inputs: noise std {den.noise_std:g}, mask rate {den.mask_rate:g} (training only)")
     return terms
+
+
+def _describe_variant(loss: Any) -> str:
+    """The research objective that replaces the KL term (``loss.variant``), or ''."""
+    v = loss.variant
+    if v == "beta_tcvae":
+        t = loss.tc
+        return f"variant: β-TCVAE α={t.alpha:g}·MI + β={t.beta:g}·TC + γ={t.gamma:g}·DWKL ({t.estimator}), replaces kl"
+    if v == "factor_vae":
+        f = loss.factor
+        return (f"variant: FactorVAE γ={f.gamma:g}·TC (latent discriminator {f.layers}×{f.hidden}, its own update "
+                "with factor_optim)")
+    if v in ("dip_vae_i", "dip_vae_ii"):
+        return f"variant: DIP-VAE-{'I' if v.endswith('_i') else 'II'} λ_od={loss.dip.lambda_od:g}"
+    if v in ("iwae", "miwae"):
+        return f"variant: {v.upper()} bound, k={loss.iw.k} × m={loss.iw.m} samples per input (replaces recon + kl)"
+    return ""
 
 
 def describe_optim(optim: OptimConfig) -> str:
