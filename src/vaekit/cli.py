@@ -124,8 +124,12 @@ def _sweep_command(args: argparse.Namespace) -> int:
     best = result["best"]
     if best is not None:
         print(f"best: trial {best['trial']} {result['metric']}={best['value']:.5g} {best['params']}", file=sys.stderr)
+    failed = [r["trial"] for r in result["trials"] if r["state"] == "fail"]
+    if failed:
+        print(f"warning: {len(failed)} trial(s) failed: {failed} (their output: "
+              f"{spec.directory / 'trials'}/trial-NNNN.log)", file=sys.stderr)
     print(spec.directory / "results.md")
-    return 0
+    return 0 if best is not None else 1  # a study in which no trial completed has no answer
 
 
 # ------------------------------------------------------------------ shards and latents (issue 16)

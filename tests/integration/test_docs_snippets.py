@@ -6,7 +6,7 @@ lines aside) is ``<!-- illustrative -->`` (it needs a GPU, the hub, real data or
 directory holding tiny data under the names the pages use (``photos/``, ``clips/``, ``sounds/``,
 ``table.csv``, ``songs.csv``, ``surveys.csv``, ``my.yaml``) and a link to ``examples/``. ``vaekit ...``
 commands run in-process through ``vaekit.cli.main`` and must exit 0; ``train`` and ``validate`` get ``TINY``
-appended (two optimizer steps on a few samples), and ``<!-- test: key=value ... -->`` before a block appends
+appended (two optimizer steps on a few samples; ``sweep`` gets them too, and one trial), and ``<!-- test: key=value ... -->`` before a block appends
 more. Python blocks of one page share one namespace; ``vaekit.train`` appends ``TINY``. README.md may not mark
 anything illustrative: its two set-up commands are the ones .ci/run runs.
 """
@@ -119,6 +119,9 @@ def _run_command(cmd: str, extra: list[str]) -> None:
         args += TINY + extra
     elif args[:1] in (["eval"], ["compare"]):
         args += ["--batches", "1", "--k", "2", *extra]
+    elif args[:1] == ["sweep"]:  # one tiny trial: the overrides go before the first flag (argparse's positionals)
+        flag = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+        args = [*args[:flag], *TINY, *extra, *args[flag:], "--trials", "1", "--jobs", "1"]
     code = main(args)
     assert code == 0, f"{cmd!r} exited {code}"
 
