@@ -61,7 +61,7 @@ def test_model_keys_of_a_diffusers_run() -> None:
                              "model.subfolder=vae", "model.torch_dtype=bfloat16"])
     assert cfg.model.class_name == "AutoencoderKLWan" and cfg.model.subfolder == "vae"
     assert load_config(None, [f"model.{k}={v}" for k, v in cfg.model.model_dump().items() if v is not None
-                              and not isinstance(v, list)]).model.class_name == "AutoencoderKLWan"
+                              and not isinstance(v, list | dict)]).model.class_name == "AutoencoderKLWan"
     assert "class_name: AutoencoderKLWan" in dump_config(cfg)  # the saved config.yaml reloads
     with pytest.raises(ConfigError, match="model.pretrained: required with model.arch=diffusers"):
         load_config(None, ["model.arch=diffusers"])

@@ -291,6 +291,109 @@ class DataConfig(Section):
         return self
 
 
+# -------------------------------------------------------------------------------------- bottleneck
+class BottleneckConfig(Section):
+    """The latent between encoder and decoder (``model.bottleneck``): a Gaussian posterior or a quantiser from
+    ``vector-quantize-pytorch``. Quantiser terms are in the units of the reconstruction NLL (summed over a
+    sample's elements): see ``vaekit.models.bottleneck``."""
+
+    kind: Literal["gaussian", "vq", "rvq", "fsq", "lfq"] = "gaussian"
+    """gaussian: mean/log-variance and the reparameterisation (KL to N(0, I)); vq: vector quantisation (VQ-VAE);
+    rvq: residual VQ (``num_quantizers`` codebooks in sequence); fsq: finite scalar quantisation (``levels``);
+    lfq: lookup-free quantisation (MAGVIT-2; ``codebook_size`` = 2^bits). Quantised kinds have no KL term."""
+    codebook_size: int = Field(512, ge=2, le=2**24)
+    """vq/rvq: codes per codebook; lfq: codebook size, a power of 2 (bits per position = log2 of it). fsq ignores
+    it (its size is ``prod(levels)``)."""
+    codebook_dim: int | None = Field(None, ge=1, le=MAX_WIDTH)
+    """vq/rvq: dimension of a code; a value other than the latent channels adds linear projections in and out.
+    None: the latent channels (``model.latent_dim``)."""
+    codebook: Literal["ema", "learned"] = "ema"
+    """vq/rvq: ema: each code follows an exponential moving average of the vectors assigned to it (no codebook
+    loss); learned: codes are parameters trained by the ``codebook`` loss ``Σ (sg(h) − z_q)²``."""
+    decay: float = Field(0.99, gt=0.0, lt=1.0)
+    """vq/rvq with ``codebook: ema``: the moving average's decay."""
+    commitment_weight: float = Field(0.25, ge=0.0)
+    """Weight of the ``commit`` term ``Σ (h − sg(z_q))²`` (VQ-VAE's β; vq/rvq/lfq)."""
+    num_quantizers: int = Field(2, ge=1, le=64)
+    """rvq: codebooks applied in sequence, each to the residual of the previous ones."""
+    levels: list[int] = Field(default_factory=lambda: [8, 5, 5, 5])
+    """fsq: quantisation levels per code dimension (codebook size = their product; [8, 5, 5, 5] = 1000 codes,
+    [8, 8, 8, 5, 5, 5] = 64000). Each level >= 3 (the library needs a symmetric variant for 2)."""
+    entropy_weight: float = Field(0.1, ge=0.0)
+    """lfq: weight of the ``entropy`` term (per-position entropy − γ·batch entropy, nats summed over positions)."""
+    diversity_gamma: float = Field(1.0, ge=0.0)
+    """lfq: γ, the weight of the batch (codebook) entropy inside the ``entropy`` term."""
+    kmeans_init: bool = False
+    """vq/rvq: initialise the codebook by k-means on the first training batch."""
+    threshold_ema_dead_code: float = Field(0.0, ge=0.0)
+    """vq/rvq: re-initialise a code from a vector of the current batch when its EMA usage count falls below this
+    (e.g. 2; 0: never). The library's dead-code replacement."""
+
+    @field_validator("levels")
+    @classmethod
+    def _fsq_levels(cls, v: list[int]) -> list[int]:
+        if not 1 <= len(v) <= 16 or any(level < 3 or level > 2**16 for level in v):
+            raise ValueError("must be 1-16 levels, each from 3 to 65536 (e.g. [8, 5, 5, 5]); the library refuses "
+                             "level 2 without its symmetric variant")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> BottleneckConfig:
+        if self.kind == "lfq" and self.codebook_size & (self.codebook_size - 1):
+            up = 1 << (self.codebook_size - 1).bit_length()
+            raise ValueError(f"model.bottleneck.codebook_size: lfq needs a power of 2 (bits = log2 of it); "
+                             f"got {self.codebook_size}, try {up}")
+        if self.kind == "lfq" and self.codebook_size > 2**16:
+            raise ValueError("model.bottleneck.codebook_size: lfq computes its entropy over every code; use at "
+                             "most 65536 (16 bits per position)")
+        return self
+
+    @property
+    def quantized(self) -> bool:
+        """Whether this is a quantised latent (no posterior variance, no KL)."""
+        return self.kind != "gaussian"
+
+    def as_spec(self) -> dict[str, Any] | None:
+        """The kind's own settings as constructor kwargs of ``QuantizedBottleneck`` (None for gaussian)."""
+        if not self.quantized:
+            return None
+        keys = {"vq": ("codebook_size", "codebook_dim", "codebook", "decay", "commitment_weight", "kmeans_init",
+                       "threshold_ema_dead_code"),
+                "fsq": ("levels",),
+                "lfq": ("codebook_size", "commitment_weight", "entropy_weight", "diversity_gamma")}
+        names = keys["vq"] + ("num_quantizers",) if self.kind == "rvq" else keys[self.kind]
+        return {"kind": self.kind, **{k: getattr(self, k) for k in names}}
+
+
+class ResNetConfig(Section):
+    """``model.arch=resnet`` settings (``model.resnet``); the channels per stage are ``model.hidden_dims`` and the
+    latent channels ``model.latent_dim``. GroupNorm (32 groups) + SiLU throughout, as Stable Diffusion's VAE."""
+
+    layers_per_block: int = Field(2, ge=1, le=16)
+    """ResNet blocks per encoder stage (the decoder has one more per stage, as diffusers' ``Decoder``)."""
+    mid_attention: bool = True
+    """Self-attention in the mid block (between two ResNet blocks) of encoder and decoder."""
+    attention_stages: list[int] = Field(default_factory=list)
+    """0-based stage indices (of ``model.hidden_dims``) whose ResNet blocks are each followed by self-attention,
+    in the encoder and the mirrored decoder stage. Attention is over all positions (causal video: per frame)."""
+    downsample: Literal["conv", "interpolate"] = "conv"
+    """conv: a stride-2 3x3 conv (SD); interpolate: 2x average pooling then a 3x3 conv. Up-sampling is always
+    nearest-neighbour interpolation then a 3x3 conv (SD)."""
+    causal: bool = False
+    """Video only: causal in time (past-only temporal padding, per-frame GroupNorm and attention): the first frame
+    is encoded on its own, a clip of 1 + 2^k·m frames maps to 1 + m latent frames (k = ``model.temporal_downsample``;
+    1 + 4m frames with k = 2) and a single image is a valid 1-frame video."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout inside each ResNet block (between its two convs)."""
+
+    @field_validator("attention_stages")
+    @classmethod
+    def _stages(cls, v: list[int]) -> list[int]:
+        if any(i < 0 for i in v) or len(set(v)) != len(v):
+            raise ValueError("must be distinct 0-based stage indices")
+        return v
+
+
 # ------------------------------------------------------------------------------------------- model
 # research priors and the two-layer model (issue 15)
 class PriorConfig(Section):
@@ -313,10 +416,13 @@ class TopLayerConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: Literal["conv", "mlp", "custom", "diffusers", "hvae"] = "conv"
+    arch: Literal["conv", "mlp", "resnet", "custom", "diffusers", "hvae"] = "conv"
     """conv: convolutional VAE, 1D/2D/3D chosen from the data (audio/images/video); mlp: flat inputs;
-    custom: a module passed to ``vaekit.train(model=...)`` (set automatically); diffusers: a pretrained
-    diffusers autoencoder (``model.pretrained``, ``model.class``); hvae: a two-stochastic-layer MLP VAE
+    resnet: Stable-Diffusion-style autoencoder (ResNet blocks, attention, spatial latent; 1D/2D/3D, causal video:
+    ``model.resnet``; its latent is always spatial and it always uses GroupNorm + SiLU, so ``model.latent``,
+    ``norm``, ``activation`` and ``dropout`` are conv/mlp keys); custom: a module passed to
+    ``vaekit.train(model=...)`` (set automatically); diffusers: a diffusers autoencoder, pretrained
+    (``model.pretrained``) or from a config (``model.diffusers_config``); hvae: a two-stochastic-layer MLP VAE
     (x → z1 → z2, ``model.top``)."""
     pretrained: str | None = None
     """arch=diffusers: a local folder written by ``save_pretrained`` (loads offline) or a Hugging Face hub id
@@ -338,7 +444,8 @@ class ModelConfig(Section):
     latent: Literal["vector", "spatial"] = "vector"
     """vector: a flat z (classic VAE); spatial: a fully-convolutional z map (LDM-style, any input size)."""
     hidden_dims: list[int] = Field(default_factory=lambda: [32, 32, 64, 64])
-    """Channels per down-sampling stage (conv) or hidden layer widths (mlp)."""
+    """Channels per down-sampling stage (conv), per stage (resnet: ``len − 1`` 2x down-samplings between them) or
+    hidden layer widths (mlp)."""
     norm: Literal["batch", "group", "none"] = "batch"
     """After each conv / hidden layer (group: GroupNorm with up to 32 groups for conv, LayerNorm for mlp)."""
     activation: Literal["relu", "leaky_relu", "silu", "gelu", "elu"] = "relu"
@@ -361,15 +468,47 @@ class ModelConfig(Section):
     """The prior p(z) (normal or vampprior; built-in families)."""
     top: TopLayerConfig = Field(default_factory=TopLayerConfig)
     """arch=hvae: the second stochastic layer."""
+    bottleneck: BottleneckConfig = Field(default_factory=BottleneckConfig)
+    """The latent: Gaussian (default) or quantised (vq, rvq, fsq, lfq); for mlp, conv and resnet."""
+    resnet: ResNetConfig = Field(default_factory=ResNetConfig)
+    """arch=resnet: blocks per stage, attention, down-sampling, causal video."""
+    diffusers_config: str | dict[str, Any] | None = None
+    """arch=diffusers without ``model.pretrained``: the constructor arguments of ``model.class`` (a JSON file
+    path, e.g. a ``config.json``, or a mapping), built with random weights to train from scratch."""
 
     @model_validator(mode="after")
     def _pretrained_source(self) -> ModelConfig:
-        if self.arch == "diffusers" and not self.pretrained:
+        if self.arch == "diffusers" and not self.pretrained and self.diffusers_config is None:
             raise ValueError(
-                "model.pretrained: required with model.arch=diffusers (a save_pretrained folder or a hub id)"
+                "model.pretrained: required with model.arch=diffusers (a save_pretrained folder or a hub id), "
+                "unless model.diffusers_config gives constructor arguments to train from scratch"
             )
+        if self.arch == "diffusers" and self.pretrained and self.diffusers_config is not None:
+            raise ValueError("model.diffusers_config: give either model.pretrained or model.diffusers_config, "
+                             "not both")
         if self.arch == "diffusers" and not re.fullmatch(r"Autoencoder\w*|\w*VAE\w*|VQModel", self.class_name):
             raise ValueError(f"model.class: {self.class_name!r} is not a diffusers autoencoder class name")
+        return self
+
+    @model_validator(mode="after")
+    def _family_keys(self) -> ModelConfig:
+        quantizable = ("mlp", "conv", "resnet")
+        if self.bottleneck.quantized and self.arch not in quantizable:
+            raise ValueError(f"model.bottleneck.kind: {self.bottleneck.kind} applies to model.arch "
+                             f"{', '.join(quantizable)}; model.arch={self.arch} has its own latent (use gaussian)")
+        if self.bottleneck.quantized and self.prior.kind != "normal":
+            raise ValueError(f"model.prior.kind: {self.prior.kind} is a prior over a Gaussian latent; "
+                             f"model.bottleneck.kind={self.bottleneck.kind} is quantised (use model.prior.kind=normal)")
+        if self.arch == "resnet":
+            n = len(self.hidden_dims)
+            bad = [i for i in self.resnet.attention_stages if i >= n]
+            if bad:
+                raise ValueError(f"model.resnet.attention_stages: stage {bad[0]} does not exist; model.hidden_dims "
+                                 f"has {n} stages (0..{n - 1})")
+            if self.temporal_downsample > n - 1:
+                raise ValueError(f"model.temporal_downsample: {self.temporal_downsample} exceeds the {n - 1} "
+                                 f"down-sampling stages of model.hidden_dims={self.hidden_dims} (resnet down-samples "
+                                 "between stages)")
         return self
 
     @field_validator("hidden_dims")

@@ -120,7 +120,7 @@ class Blocks:
             for update in plan.updates.values():
                 update.schedule.step_metric(means["loss"])
         if self.rt.is_main:
-            keys = ("loss", "recon", "kl", "mse", "active_units")
+            keys = ("loss", "recon", "kl", "mse", "active_units", "code_usage", "perplexity")
             shown = " ".join(f"{k}={v:.4g}" for k, v in means.items() if k in keys)
             self.console.write(f"{plan.describe(st)} | step {st.step} | val {shown}")
             if plan.cfg.log.samples:

@@ -48,6 +48,33 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip(".") or "stage"
 
 
+class CodeCounter:
+    """Counts of each code over a validation pass (quantised latents), for usage, perplexity and dead codes."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        bottleneck = getattr(model, "bottleneck", None)
+        self.on = bool(getattr(bottleneck, "quantized", False))
+        if self.on:
+            self.size, self.bits = bottleneck.codebook_size, bottleneck.bits_per_position
+            self.counts = torch.zeros(bottleneck.num_codebooks, self.size, device=device)
+
+    def add(self, indices: torch.Tensor) -> None:  # (B, N, Q)
+        flat = indices.reshape(-1, indices.shape[-1]).long()
+        offsets = torch.arange(flat.shape[1], device=flat.device) * self.size
+        self.counts += torch.bincount((flat + offsets).flatten(), minlength=self.counts.numel()).view_as(self.counts)
+
+    def stats(self, rt: Runtime, latent: tuple[int, ...], shape: tuple[int, ...], means: dict) -> dict[str, float]:
+        """Code health and rate (quantised), or the KL in bits per input element (Gaussian)."""
+        if not self.on:
+            return {"bits_per_element": means["kl"] / math.log(2) / math.prod(shape)} if "kl" in means else {}
+        from vaekit.models.bottleneck import codebook_stats
+
+        positions = math.prod(latent[1:]) if len(latent) > 1 else 1
+        out = codebook_stats(rt.reduce_sum(self.counts))
+        out.update(bits_per_position=self.bits, bits_per_element=self.bits * positions / math.prod(shape))
+        return out
+
+
 class Validator:
     """Runs validation for the engine; ``plan`` is the current stage's plan (loaders, objective, config)."""
 
@@ -74,6 +101,7 @@ class Validator:
         latent = plan.model.latent_shape_for(tuple(plan.data.info.shape))
         channels = latent[0]
         mom = torch.zeros(4, math.prod(latent), device=rt.device)  # per latent element: Σmean, Σmean², ΣKL, n
+        codes = CodeCounter(plan.model, rt.device)
         gen = torch.Generator(device=rt.device).manual_seed(cfg.run.seed + 7919)
         n_total, batch_size = _num_samples(loader), cfg.train.batch_size
         devices = [rt.device] if rt.device.type == "cuda" else []
@@ -94,10 +122,14 @@ class Validator:
                     out = model(x, noise=noise)
                     _, terms = plan.objective(x, out, state.step)
                 meter.add(tuple(terms), torch.stack([t.float() for t in terms.values()]), x.shape[0])
+                if out.logvar is None:  # a quantised latent: code statistics instead of the posterior's
+                    codes.add(out.info["indices"])
+                    continue
                 m = out.mean.float().flatten(1)  # (B, C·P)
                 kl = kl_per_element(out.mean, out.logvar).flatten(1)
                 mom += torch.stack([m.sum(0), (m * m).sum(0), kl.sum(0), torch.full_like(m[0], m.shape[0])])
         means = meter.means(rt.reduce)
+        means.update(codes.stats(rt, latent, tuple(plan.data.info.shape), means))
         mom = rt.reduce_sum(mom)
         if mom[3, 0] > 0:
             # a latent dimension is a channel (spatial latents: averaged over positions), as in objectives.kl

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 # Every metric name `evaluate` accepts, grouped by the modality it needs ("all": any data).
 METRICS: dict[str, tuple[str, ...]] = {
-    "all": ("elbo", "iwae", "mse", "latent", "mi", "scale_shift"),
+    "all": ("elbo", "iwae", "mse", "latent", "mi", "scale_shift", "rate", "codebook"),
     "image": ("psnr", "ssim", "ms_ssim", "lpips", "rfid", "fid"),
     "audio": ("si_sdr", "mrstft", "lsd"),
     "tags": ("tags",),  # binary tables / multi-hot tags
@@ -17,6 +17,10 @@ METRICS: dict[str, tuple[str, ...]] = {
 }
 ALL_METRICS = tuple(name for group in METRICS.values() for name in group)
 NEEDS_WEIGHTS = ("lpips", "rfid", "fid")
+POSTERIOR_ONLY = ("elbo", "iwae", "latent", "mi")
+"""Metrics of a Gaussian posterior (skipped for a quantised latent)."""
+QUANTIZED_ONLY = ("codebook",)
+"""Code usage, perplexity and dead codes (quantised latents only)."""
 
 UNITS = {
     "neg_elbo": "nats/sample",
@@ -51,6 +55,11 @@ UNITS = {
     "auroc": "[0, 1]",
     "mig": "[0, 1]",
     "sap": "[0, 1]",
+    "bits_per_position": "bits/latent position",
+    "bits_per_element": "bits/input element",
+    "code_usage": "fraction of codes",
+    "perplexity": "codes",
+    "dead_codes": "count",
     "dci_disentanglement": "[0, 1]",
     "dci_completeness": "[0, 1]",
     "dci_informativeness": "accuracy",

@@ -22,7 +22,17 @@ from torch import Tensor, nn
 from vaekit.errors import ConfigError, MissingWeightsError, ModelProtocolError
 from vaekit.eval import metrics as M
 from vaekit.eval.data import EvalData
-from vaekit.eval.registry import ALL_METRICS, METRICS, NEEDS_WEIGHTS, UNITS, default_metrics
+from vaekit.eval.registry import (
+    ALL_METRICS,
+    METRICS,
+    NEEDS_WEIGHTS,
+    POSTERIOR_ONLY,
+    QUANTIZED_ONLY,
+    UNITS,
+    default_metrics,
+)
+from vaekit.models.bottleneck import codebook_stats
+from vaekit.objectives.kl import kl_per_element
 from vaekit.objectives.reconstruction import likelihood_mean
 
 
@@ -84,8 +94,13 @@ def _weights_missing(name: str, opts: dict[str, Any]) -> str | None:
     return None
 
 
-def _why_not(name: str, data: EvalData, has_y: bool, binary: bool, vector_latent: bool) -> str | None:
+def _why_not(name: str, data: EvalData, has_y: bool, binary: bool, vector_latent: bool,
+             quantized: bool = False) -> str | None:
     """Why ``name`` does not apply to this data and model (None when it does), weights aside."""
+    if quantized and name in POSTERIOR_ONLY:
+        return "needs a Gaussian posterior (the latent is quantised)"
+    if not quantized and name in QUANTIZED_ONLY:
+        return "quantised latents only (model.bottleneck.kind vq, rvq, fsq, lfq)"
     image_like = data.modality in ("image", "video")
     size = min(data.shape[-2:]) if image_like else 0
     if name in METRICS["image"] and not image_like:
@@ -110,7 +125,7 @@ def _why_not(name: str, data: EvalData, has_y: bool, binary: bool, vector_latent
 
 def choose_metrics(
     requested: Sequence[str] | None, data: EvalData, first: dict[str, Tensor], vector_latent: bool,
-    opts: dict[str, Any],
+    opts: dict[str, Any], quantized: bool = False,
 ) -> tuple[set[str], dict[str, str]]:
     """The metrics to compute and the skipped ones (name → why). Defaults that do not fit are skipped with a note;
     named ones that lack their pretrained weights raise ``MissingWeightsError``."""
@@ -122,7 +137,7 @@ def choose_metrics(
         raise ConfigError(f"evaluate: unknown metrics {unknown}; choose from {', '.join(ALL_METRICS)}")
     skipped: dict[str, str] = {}
     for name in list(wanted):
-        reason = _why_not(name, data, "y" in first, binary, vector_latent)
+        reason = _why_not(name, data, "y" in first, binary, vector_latent, quantized)
         if reason is None and name in NEEDS_WEIGHTS:
             reason = _weights_missing(name, opts)
             if reason is not None and requested is not None:
@@ -196,6 +211,10 @@ class _Pass:
         self.targets: list[Tensor] = []
         self.mi_sum, self.count, self.n_batches = 0.0, 0, 0
         self.moments = M.LatentMoments()
+        bottleneck = getattr(model, "bottleneck", None)
+        self.quantized = bool(getattr(bottleneck, "quantized", False))
+        if self.quantized:  # code counts per codebook over the pass
+            self.codes = torch.zeros(bottleneck.num_codebooks, bottleneck.codebook_size, dtype=torch.float64)
         self.seconds: dict[str, float] = {}
         """Wall time per metric over the pass (``forward``: encoding and decoding), for the progress report."""
 
@@ -216,11 +235,17 @@ class _Pass:
         x = batch["x"].to(self.device).float()  # (B, ...)
         self.n_batches += 1
         with timed("forward"):
-            mean, logvar = model.encode(x)
-            z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen, device=self.device)
-            recon_z, logvar_z = model.decode(z)
-            recon_mu, _ = model.decode(mean)  # reconstruction quality from the posterior mean
-            x_hat = likelihood_mean(self.kind, recon_mu).float()
+            if self.quantized:
+                mean, x_hat = self._quantized(x)
+                logvar = None
+            else:
+                mean, logvar = model.encode(x)
+                z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen, device=self.device)
+                recon_z, logvar_z = model.decode(z)
+                recon_mu, _ = model.decode(mean)  # reconstruction quality from the posterior mean
+                x_hat = likelihood_mean(self.kind, recon_mu).float()
+        if "rate" in want and logvar is not None:  # the KL in bits: what the posterior transmits about x
+            self.add("kl_bits", kl_per_element(mean, logvar).flatten(1).sum(1) / math.log(2))
         dims = x[0].numel()
         if "elbo" in want:
             with timed("elbo"):
@@ -246,15 +271,37 @@ class _Pass:
                 self.mi_sum += M.mutual_information(mean, logvar, gen) * len(x)
                 self.count += len(x)
         if "scale_shift" in want:
-            self.moments.update(z)
+            self.moments.update(z if logvar is not None else mean)
         self.means.append(mean.float().cpu())
-        self.logvars.append(logvar.float().cpu())
+        if logvar is not None:
+            self.logvars.append(logvar.float().cpu())
         if "y" in batch:
             self.labels.append(batch["y"].cpu())
         self._per_modality(x, x_hat)
         if sum(len(t) for t in self.inputs) < self.keep:
             self.inputs.append(x[: self.keep].cpu())
             self.recons.append(x_hat[: self.keep].cpu())
+
+    def _quantized(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """A quantised model's pass over one batch: ``(z_q, likelihood mean)``; counts the codes it used."""
+        out = self.model(x)
+        indices = out.info["indices"].reshape(-1, self.codes.shape[0]).long().cpu()  # (B·N, Q)
+        for q in range(self.codes.shape[0]):
+            self.codes[q] += torch.bincount(indices[:, q], minlength=self.codes.shape[1]).double()
+        return out.mean, likelihood_mean(self.kind, out.recon).float()
+
+    def _rate(self, out: dict[str, float]) -> None:
+        """Bits per latent position and per input element: log2(codebook size) for a quantised latent, the KL in
+        bits for a Gaussian one (so the two compare at equal rate)."""
+        latent = tuple(self.all_means.shape[1:])
+        positions = math.prod(latent[1:]) if len(latent) > 1 else 1
+        elements = math.prod(self.data.shape)
+        if self.quantized:
+            bits = self.model.bottleneck.bits_per_position
+            out["bits_per_position"], out["bits_per_element"] = bits, bits * positions / elements
+        elif "kl_bits" in out:
+            kl_bits = out.pop("kl_bits")
+            out["bits_per_position"], out["bits_per_element"] = kl_bits / positions, kl_bits / elements
 
     def _per_modality(self, x: Tensor, x_hat: Tensor) -> None:
         """The image, audio and tag metrics of one batch."""
@@ -288,7 +335,16 @@ class _Pass:
         want = self.want
         out: dict[str, float] = {name: torch.cat(v).mean().item() for name, v in self.per_sample.items()}
         details: dict[str, Any] = {}
-        self.all_means, all_logvars = torch.cat(self.means), torch.cat(self.logvars)
+        self.all_means = torch.cat(self.means)
+        if "rate" in want:
+            self._rate(out)
+        out.pop("kl_bits", None)
+        if self.quantized:  # no posterior: KL per dimension is undefined (zeros for the figures' ordering)
+            self.kl_dim = torch.zeros(self.all_means.shape[1])
+            if "codebook" in want:
+                out.update(codebook_stats(self.codes))
+            return self._finish_common(out, details)
+        all_logvars = torch.cat(self.logvars)
         self.kl_dim = kl_dim = M.kl_per_dimension(self.all_means, all_logvars)
         if "latent" in want:
             out["active_units"] = float(M.active_units(self.all_means))
@@ -298,6 +354,11 @@ class _Pass:
             details["kl_per_dim"] = kl_dim.tolist()
         if "mi" in want and self.count:
             out["mi"] = self.mi_sum / self.count
+        return self._finish_common(out, details)
+
+    def _finish_common(self, out: dict[str, float], details: dict[str, Any]) -> tuple[dict[str, float], dict]:
+        """The metrics every latent has: scale/shift, FID, tags, factor scores."""
+        want = self.want
         if "scale_shift" in want:
             factors = self.moments.result()
             out["scaling_factor"], out["shift_factor"] = factors["scaling_factor"], factors["shift_factor"]
@@ -415,7 +476,8 @@ def measure(
     if first is None:
         raise ConfigError(f"evaluate: the data has no samples ({data.description or 'empty split'})")
     vector_latent = model.encode(first["x"][:1].to(_device_of(model)))[0].dim() == 2
-    want, skipped = choose_metrics(metrics, data, first, vector_latent, opts)
+    quantized = bool(getattr(getattr(model, "bottleneck", None), "quantized", False))
+    want, skipped = choose_metrics(metrics, data, first, vector_latent, opts, quantized)
     run = _Pass(model, kind, data, want, opts, seed, k, batch_size, keep, name, progress)
     total = math.ceil(len(data) / batch_size)
     total = total if batches is None else min(total, batches)

@@ -1,6 +1,6 @@
 """VAE model families (one file each), the discriminator, and the ``build_*`` factories.
 
-Importing this package registers the built-in families (``conv``, ``mlp``, ``diffusers``) in :data:`MODELS`.
+Importing this package registers the built-in families (``conv``, ``mlp``, ``resnet``, ``diffusers``) in :data:`MODELS`.
 """
 
 from vaekit.models.base import (
@@ -18,6 +18,7 @@ from vaekit.models.diffusers import DiffusersVAE  # diffusers itself is imported
 from vaekit.models.discriminators import PatchDiscriminator, build_discriminator
 from vaekit.models.hvae import HierarchicalVAE
 from vaekit.models.mlp import MLPVAE
+from vaekit.models.resnet import ResNetVAE
 
 __all__ = [
     "MODELS",
@@ -27,6 +28,7 @@ __all__ = [
     "HierarchicalVAE",
     "MLPVAE",
     "PatchDiscriminator",
+    "ResNetVAE",
     "VAEOutput",
     "build_discriminator",
     "build_model",

@@ -31,7 +31,8 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from vaekit.errors import ModelProtocolError
-from vaekit.models.base import LOGVAR_MAX, LOGVAR_MIN, VAE, VAEOutput
+from vaekit.models.base import VAE, VAEOutput
+from vaekit.models.layers import LOGVAR_MAX, LOGVAR_MIN
 
 logger = logging.getLogger(__name__)
 DECODER_OUTPUTS = ("logits", "probabilities", "mean")

@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.config.schema import ModelConfig
-from vaekit.models.layers import CheckpointedSequential
+from vaekit.models.bottleneck import Bottleneck, GaussianBottleneck, build_bottleneck
+from vaekit.models.layers import LOGVAR_MAX, LOGVAR_MIN, CheckpointedSequential
 
 RECON_KINDS = ("mse", "l1", "bce", "gaussian")
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
 @dataclass
@@ -31,11 +31,16 @@ class VAEOutput:
     ``recon`` has the shape of ``x`` and holds the likelihood's parameters (logits for ``bce``, the mean
     otherwise); ``mean``/``logvar``/``z`` have shape ``(B, *latent_shape)``; ``recon_logvar`` is set only for
     ``gaussian``: a 0-d learned scalar (broadcastable) or a tensor shaped like ``recon``.
+
+    A quantised bottleneck (``model.bottleneck.kind`` vq/rvq/fsq/lfq) has no posterior variance: ``mean`` and
+    ``z`` are the quantised latent z_q and ``logvar`` is None (no KL term exists; the objective skips it).
+    ``info`` holds what the bottleneck reports beyond that (see :mod:`vaekit.models.bottleneck`): quantiser
+    terms (``commit``, ``codebook``, ``entropy``, their weighted sum ``bottleneck_loss``) and ``indices``.
     """
 
     recon: Tensor
     mean: Tensor
-    logvar: Tensor
+    logvar: Tensor | None
     z: Tensor
     recon_logvar: Tensor | None = None
     info: dict[str, Tensor] = field(default_factory=dict)
@@ -58,7 +63,8 @@ class VAE(nn.Module):
     config: dict[str, Any]
     latent_shape: tuple[int, ...]
 
-    def __init__(self, recon_kind: str = "bce", gaussian_logvar: str = "scalar", output_activation: str = "none") -> None:
+    def __init__(self, recon_kind: str = "bce", gaussian_logvar: str = "scalar", output_activation: str = "none",
+                 bottleneck: dict[str, Any] | None = None, latent_channels: int | None = None) -> None:
         super().__init__()
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"unknown output_activation {output_activation!r} (model.output_activation: "
@@ -81,16 +87,34 @@ class VAE(nn.Module):
             if recon_kind == "gaussian" and gaussian_logvar == "scalar"
             else None
         )
+        self.bottleneck: Bottleneck = (
+            build_bottleneck(bottleneck, latent_channels) if latent_channels is not None else GaussianBottleneck()
+        )
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the latent is quantised (``model.bottleneck.kind`` vq/rvq/fsq/lfq): no posterior variance."""
+        return self.bottleneck.quantized
 
     @property
     def out_multiplier(self) -> int:
         """Decoder output channels per data channel: 2 when the decoder also predicts a log-variance."""
         return 2 if self.pixel_logvar else 1
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x ``(B, *shape)`` -> posterior ``(mean, logvar)``, each ``(B, *latent_shape)``; logvar in [-30, 20]."""
-        mean, logvar = self.encoder(x).chunk(2, dim=1)
-        return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+    def features(self, x: Tensor) -> Tensor:
+        """x ``(B, *shape)`` -> the encoder's output, the bottleneck's input (families check input sizes here)."""
+        return self.encoder(x)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """x ``(B, *shape)`` -> posterior ``(mean, logvar)``, each ``(B, *latent_shape)``; logvar in [-30, 20].
+
+        A quantised model returns ``(z_q, None)``.
+        """
+        h = self.features(x)
+        if self.quantized:
+            return self.bottleneck(h)[0], None
+        _, info = self.bottleneck(h, sample=False)
+        return info["mean"], info["logvar"]
 
     def decode(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
         """z ``(B, *latent_shape)`` -> ``(recon, recon_logvar)``; recon ``(B, *shape)``."""
@@ -112,6 +136,10 @@ class VAE(nn.Module):
         ``z`` is then ``(B, S, *latent)`` and ``recon`` ``(B, S, *shape)``. A model with a learned prior
         (``self.prior``) reports ``info["log_pz"]`` for each z.
         """
+        if self.quantized:  # deterministic: sample_posterior and noise do not apply
+            z, info = self.bottleneck(self.features(x))
+            recon, recon_logvar = self.decode(z)
+            return VAEOutput(recon=recon, mean=z, logvar=None, z=z, recon_logvar=recon_logvar, info=info)
         mean, logvar = self.encode(x)
         multi = noise is not None and noise.dim() == mean.dim() + 1
         if sample_posterior:
@@ -138,7 +166,8 @@ class VAE(nn.Module):
     def sample(
         self, n: int, generator: torch.Generator | None = None, input_shape: tuple[int, ...] | None = None
     ) -> Tensor:
-        """Decode ``n`` draws from the prior N(0, I): returns recon ``(n, *shape)`` (logits for ``bce``).
+        """Decode ``n`` draws from the prior N(0, I) (quantised: uniformly drawn codes): returns recon
+        ``(n, *shape)`` (logits for ``bce``).
 
         ``input_shape`` picks the output size of fully-convolutional models (default: the size built for).
         """
@@ -149,7 +178,7 @@ class VAE(nn.Module):
         if prior is not None:
             z = prior.sample(n, self.encode, generator)
         else:
-            z = torch.randn((n, *latent), generator=generator, device=device, dtype=param.dtype)
+            z = self.bottleneck.sample(n, latent, generator, device, param.dtype)
         return self.decode(z.to(param.device))[0]
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -33,6 +34,7 @@ class ConvVAE(VAE):
         dropout: dropout after each stage's activation.
         temporal_downsample: video only (ignored otherwise): how many of the first stages also halve T.
         recon_kind, gaussian_logvar: see :class:`~vaekit.models.base.VAE`.
+        bottleneck: ``model.bottleneck`` as a dict (see :mod:`vaekit.models.bottleneck`); None: Gaussian.
         grad_checkpointing: recompute each stage in backward (training only).
     """
 
@@ -54,8 +56,10 @@ class ConvVAE(VAE):
         grad_checkpointing: bool = False,
         leaky_slope: float = 0.2,
         output_activation: str = "none",
+        bottleneck: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(recon_kind, gaussian_logvar, output_activation)
+        super().__init__(recon_kind, gaussian_logvar, output_activation, bottleneck=bottleneck,
+                         latent_channels=latent_dim)
         dims = len(input_shape) - 1
         if dims not in CONV:
             raise ValueError(
@@ -102,9 +106,9 @@ class ConvVAE(VAE):
         self.encoder.add_module("blocks", CheckpointedSequential(*down))
         if latent == "vector":
             flat = hidden_dims[-1] * math.prod(bottom)
-            self.encoder.add_module("head", nn.Sequential(nn.Flatten(), nn.Linear(flat, 2 * latent_dim)))
+            self.encoder.add_module("head", nn.Sequential(nn.Flatten(), nn.Linear(flat, self.bottleneck.in_channels(latent_dim))))
         else:
-            self.encoder.add_module("head", conv(hidden_dims[-1], 2 * latent_dim, 3, padding=1))
+            self.encoder.add_module("head", conv(hidden_dims[-1], self.bottleneck.in_channels(latent_dim), 3, padding=1))
 
         # decoder: z -> (B, h[-1], *S/f) -> transposed stages in reverse -> (B, h[0], *S) -> (B, k·C, *S)
         self.decoder = nn.Sequential()
@@ -144,7 +148,7 @@ class ConvVAE(VAE):
             )
         return tuple(s // f for s, f in zip(size, self.factors, strict=True))
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, x: Tensor) -> Tensor:
         size = tuple(x.shape[2:])
         if self.latent == "vector" and size != self.input_shape[1:]:
             raise ValueError(
@@ -153,7 +157,7 @@ class ConvVAE(VAE):
             )
         if self.latent == "spatial":
             self._check_size(size)
-        return super().encode(x)
+        return super().features(x)
 
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, shape: tuple[int, ...], recon_kind: str) -> ConvVAE:
@@ -171,4 +175,5 @@ class ConvVAE(VAE):
             leaky_slope=cfg.leaky_slope,
             output_activation=cfg.output_activation,
             grad_checkpointing=cfg.grad_checkpointing,
+            bottleneck=cfg.bottleneck.as_spec(),
         )

@@ -1,5 +1,8 @@
 """Pretrained diffusers autoencoders as vaekit VAEs (``model.arch=diffusers``).
 
+Without ``model.pretrained``, ``model.diffusers_config`` (a JSON file, e.g. a ``config.json``, or a mapping of
+constructor arguments) builds the class with random weights, to train from scratch.
+
 ``model.pretrained`` names a folder written by ``save_pretrained`` (loaded offline) or a Hugging Face hub id
 (the local hub cache first, then a download where the hub is reachable); ``model.class`` names the diffusers
 class, loaded as ``getattr(diffusers, class).from_pretrained(...)``. The module then goes through the same
@@ -131,6 +134,41 @@ def load_pretrained(cfg: ModelConfig) -> nn.Module:
         ) from None
 
 
+def read_diffusers_config(spec: str | dict[str, Any]) -> dict[str, Any]:
+    """``model.diffusers_config``: a mapping as is, or a JSON file (a folder: its ``config.json``)."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"model.diffusers_config: cannot read {path} ({err.strerror or err}); give a JSON file of "
+                          "constructor arguments or a mapping") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"model.diffusers_config: {path} is not JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"model.diffusers_config: {path} holds a {type(data).__name__}, not a mapping")
+    return data
+
+
+def build_from_config(cfg: ModelConfig) -> nn.Module:
+    """``getattr(diffusers, cfg.class_name).from_config(...)`` with random weights (train from scratch)."""
+    cls = diffusers_class(cfg.class_name)
+    config = {k: v for k, v in read_diffusers_config(cfg.diffusers_config or {}).items() if not k.startswith("_")}
+    try:
+        module = cls.from_config(config)
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as err:
+        raise ConfigError(f"model.diffusers_config: {cfg.class_name} refuses it: {_first_line(err)}") from None
+    return module.to(getattr(torch, cfg.torch_dtype))
+
+
+def build_module(cfg: ModelConfig) -> nn.Module:
+    """The diffusers module of ``model``: pretrained weights, or random weights from ``model.diffusers_config``."""
+    return load_pretrained(cfg) if cfg.pretrained else build_from_config(cfg)
+
+
 def config_of(module: nn.Module) -> dict[str, Any]:
     """The module's diffusers config as plain JSON values (what ``from_config`` rebuilds it from)."""
     to_json = getattr(module, "to_json_string", None)
@@ -168,7 +206,7 @@ class DiffusersVAE(ModuleVAE):
 
     @classmethod
     def from_model_config(cls, cfg: ModelConfig, shape: tuple[int, ...], recon_kind: str) -> DiffusersVAE:
-        module = load_pretrained(cfg)
+        module = build_module(cfg)
         rescale = len(shape) in (3, 4)  # images (C, H, W) and video (C, T, H, W) are [0, 1] in vaekit
         vae = cls(cfg.class_name, config_of(module), recon_kind, rescale, cfg.pretrained, module)
         vae.latent_shape_for(tuple(shape))  # known from the start, like a built-in family's

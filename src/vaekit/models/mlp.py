@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -35,6 +36,7 @@ class MLPVAE(VAE):
         norm: ``batch`` (BatchNorm1d), ``group`` (LayerNorm) or ``none``, after each hidden Linear.
         dropout: dropout after each hidden activation.
         recon_kind, gaussian_logvar: see :class:`~vaekit.models.base.VAE`.
+        bottleneck: ``model.bottleneck`` as a dict (see :mod:`vaekit.models.bottleneck`); None: Gaussian.
         grad_checkpointing: recompute each hidden block in backward (training only).
     """
 
@@ -52,8 +54,10 @@ class MLPVAE(VAE):
         grad_checkpointing: bool = False,
         leaky_slope: float = 0.2,
         output_activation: str = "none",
+        bottleneck: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(recon_kind, gaussian_logvar, output_activation)
+        super().__init__(recon_kind, gaussian_logvar, output_activation, bottleneck=bottleneck,
+                         latent_channels=latent_dim)
         self.input_shape = tuple(input_shape)
         self.latent_shape = (latent_dim,)
         widths = [math.prod(self.input_shape), *hidden_dims]
@@ -69,7 +73,7 @@ class MLPVAE(VAE):
         self.encoder = nn.Sequential()
         self.encoder.add_module("flatten", nn.Flatten())  # (B, D)
         self.encoder.add_module("blocks", CheckpointedSequential(*down))
-        self.encoder.add_module("head", nn.Linear(widths[-1], 2 * latent_dim))  # (B, 2·latent)
+        self.encoder.add_module("head", nn.Linear(widths[-1], self.bottleneck.in_channels(latent_dim)))  # (B, 2·latent)
 
         self.decoder = nn.Sequential()
         self.decoder.add_module("blocks", CheckpointedSequential(*up))
@@ -96,4 +100,5 @@ class MLPVAE(VAE):
             grad_checkpointing=cfg.grad_checkpointing,
             leaky_slope=cfg.leaky_slope,
             output_activation=cfg.output_activation,
+            bottleneck=cfg.bottleneck.as_spec(),
         )

@@ -40,9 +40,14 @@ from vaekit.objectives.variants import variant_kl_term
 class VAEOutputLike(Protocol):
     recon: Tensor
     mean: Tensor
-    logvar: Tensor
+    logvar: Tensor | None
     z: Tensor
     recon_logvar: Tensor | None
+
+
+QUANTIZER_TERMS = ("commit", "codebook", "entropy")
+"""Terms a quantised bottleneck reports in ``out.info`` (nats-free squared distances / entropies in the units of
+the summed reconstruction NLL; see ``vaekit.models.bottleneck``); their weighted sum is ``info["bottleneck_loss"]``."""
 
 
 def _scalar(value: float, like: Tensor) -> Tensor:
@@ -102,7 +107,8 @@ class VAEObjective(nn.Module):
 
         Returns:
             ``(total, terms)``: a 0-d loss and detached 0-d terms (``loss``, ``recon``, ``mse``, ``kl``,
-            ``kl_weight`` and, where active, ``capacity``, ``perceptual``, ``spectral``, ``g_adv``,
+            ``kl_weight`` (Gaussian latents) or ``commit``/``codebook``/``entropy`` (quantised: ``out.logvar`` is
+            None, the terms come from ``out.info``) and, where active, ``capacity``, ``perceptual``, ``spectral``, ``g_adv``,
             ``adv_weight``, ``feature_matching``).
         """
         cfg = self.cfg
@@ -130,7 +136,10 @@ class VAEObjective(nn.Module):
             perceptual = self.perceptual(fake, target).mean()
             terms["perceptual"] = perceptual
             rec_loss = rec_loss + cfg.perceptual.weight * per_elem * perceptual
-        total = rec_loss + self._kl_term(out, step, terms, detailed, discriminator)
+        if out.logvar is None:  # a quantised latent: no KL; the bottleneck's own terms instead
+            total = rec_loss + self._bottleneck_term(out, terms)
+        else:
+            total = rec_loss + self._kl_term(out, step, terms, detailed, discriminator)
 
         if cfg.spectral.weight > 0:
             spec = cfg.spectral
@@ -154,6 +163,16 @@ class VAEObjective(nn.Module):
 
         terms["loss"] = total
         return total, {name: value.detach() for name, value in terms.items()}
+
+    @staticmethod
+    def _bottleneck_term(out: VAEOutputLike, terms: dict[str, Tensor]) -> Tensor:
+        """The quantiser's weighted loss from ``out.info``; records ``commit``/``codebook``/``entropy``."""
+        info = getattr(out, "info", None) or {}
+        for name in QUANTIZER_TERMS:
+            if name in info:
+                terms[name] = info[name]
+        loss = info.get("bottleneck_loss")
+        return loss if loss is not None else out.recon.new_zeros(())
 
     def _kl_term(self, out: VAEOutputLike, step: int, terms: dict[str, Tensor], detailed: bool,
                  discriminator: nn.Module | None = None) -> Tensor:

@@ -68,7 +68,7 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
     from vaekit.engine.finetune import is_lora_key, merge_lora_state
     from vaekit.engine.rundir import is_run_dir
     from vaekit.eval.load import output_dir, write_failed
-    from vaekit.models.diffusers import DiffusersVAE, load_pretrained, save_diffusers
+    from vaekit.models.diffusers import DiffusersVAE, build_module, save_diffusers
 
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
@@ -92,8 +92,8 @@ def export_run(run_dir: str | Path, fmt: str = "safetensors", checkpoint: str | 
         if model_cfg is not None:
             keys = ("class_name", "config", "recon_kind", "rescale", "pretrained")
             module = DiffusersVAE(**{k: model_cfg[k] for k in keys if k in model_cfg}).module
-        else:  # an interrupted run: the architecture from the pretrained source
-            module = load_pretrained(cfg.model)
+        else:  # an interrupted run: the architecture from the pretrained source (or the config)
+            module = build_module(cfg.model)
             model_cfg = DiffusersVAE(cfg.model.class_name, {}, cfg.loss.recon if cfg.loss.recon in ("mse", "l1")
                                      else "mse", module=module).config
     if any(is_lora_key(k) for k in state):

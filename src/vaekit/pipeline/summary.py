@@ -4,12 +4,49 @@ from __future__ import annotations
 
 from typing import Any
 
-from vaekit.config.schema import LossConfig, OptimConfig, VaekitConfig
+from vaekit.config.schema import BottleneckConfig, LossConfig, ModelConfig, OptimConfig, VaekitConfig
 
 
-def objective_terms(loss: LossConfig) -> list[str]:
+def describe_bottleneck(b: BottleneckConfig) -> str:
+    """One line: the latent kind and its settings (rate per position for quantised kinds)."""
+    import math
+
+    if not b.quantized:
+        return "gaussian (mean, log-variance; KL to N(0, I))"
+    if b.kind == "fsq":
+        size, text = math.prod(b.levels), f"fsq levels {b.levels}"
+    else:
+        size = b.codebook_size
+        text = f"{b.kind} {b.codebook_size} codes"
+        if b.kind == "rvq":
+            text += f" × {b.num_quantizers} quantizers"
+        if b.kind in ("vq", "rvq"):
+            text += f", dim {b.codebook_dim or 'latent'}, {b.codebook} codebook"
+            text += f" (decay {b.decay:g})" if b.codebook == "ema" else ""
+            text += f", dead-code threshold {b.threshold_ema_dead_code:g}" if b.threshold_ema_dead_code else ""
+            text += ", k-means init" if b.kmeans_init else ""
+    n = b.num_quantizers if b.kind == "rvq" else 1
+    return f"{text}; {math.log2(size) * n:.3g} bits per latent position"
+
+
+def bottleneck_terms(b: BottleneckConfig) -> list[str]:
+    """The quantiser terms of the loss with their weights (summed over latent elements, as the recon NLL)."""
+    terms = []
+    if b.kind != "fsq":
+        terms.append(f"commit: Σ(h − sg(z_q))² ×{b.commitment_weight:g}")
+    if b.kind in ("vq", "rvq") and b.codebook == "learned":
+        terms.append("codebook: Σ(sg(h) − z_q)² ×1")
+    if b.kind == "lfq":
+        terms.append(f"entropy: H(position) − {b.diversity_gamma:g}·H(batch), nats summed over positions "
+                     f"×{b.entropy_weight:g}")
+    return terms or ["no quantiser loss (fsq: the codes are fixed levels)"]
+
+
+def objective_terms(loss: LossConfig, bottleneck: BottleneckConfig | None = None) -> list[str]:
     """The loss terms a config trains with, each with its weight (and schedule)."""
     terms = [f"recon: {loss.recon} ×{loss.recon_weight:g} (summed over data dims, mean over batch)"]
+    if bottleneck is not None and bottleneck.quantized:
+        return [*terms, *bottleneck_terms(bottleneck), *_other_terms(loss)]
     kl = loss.kl
     sched = {
         "constant": f"β={loss.beta:g}",
@@ -19,6 +56,11 @@ def objective_terms(loss: LossConfig) -> list[str]:
     }[kl.schedule]
     fb = f", free bits {kl.free_bits:g} nats/dim" if kl.free_bits > 0 else ""
     terms.append(f"kl: {sched}{fb}")
+    return [*terms, *_other_terms(loss)]
+
+
+def _other_terms(loss: LossConfig) -> list[str]:
+    terms = []
     if loss.perceptual.kind != "none":
         p = loss.perceptual
         net = f"lpips-{p.net}" if p.kind == "lpips" else "vgg16 features"
@@ -128,12 +170,16 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
         lines.append(f"data       {first.source} {first.path or ''}".rstrip())
     m = cfg.model
     if m.arch == "diffusers":  # a pretrained model is described by its own config (once built), not our fields
-        model_line = f"model      diffusers {m.class_name} from {m.pretrained} ({m.torch_dtype})"
+        source = m.pretrained or "model.diffusers_config (random weights)"
+        model_line = f"model      diffusers {m.class_name} from {source} ({m.torch_dtype})"
     else:
-        model_line = f"model      {m.arch} latent {m.latent_dim} ({m.latent}), hidden {m.hidden_dims}, norm {m.norm}, {m.activation}"
+        latent_kind = "spatial" if m.arch == "resnet" else m.latent
+        model_line = f"model      {m.arch} latent {m.latent_dim} ({latent_kind}), hidden {m.hidden_dims}, {_family(m)}"
     if build:
         model_line += _build_models(cfg, stages, infos)
     lines.append(model_line)
+    if m.arch in ("mlp", "conv", "resnet"):
+        lines.append(f"bottleneck {describe_bottleneck(m.bottleneck)}")
     t = cfg.train
     if cfg.stages:
         length = f"{len(stages)} stages (below)"
@@ -165,12 +211,23 @@ def summarize(cfg: VaekitConfig, build: bool = True) -> str:
             lines.append(f"  batch    {c.train.batch_size} (global) × accumulation {c.train.grad_accum}")
             if spec.init_from:
                 lines.append(f"  init     {spec.init_from}")
-        for term in objective_terms(c.loss):
+        for term in objective_terms(c.loss, cfg.model.bottleneck):
             lines.append(f"  loss     {term}")
         lines.append(f"  optim    {describe_optim(c.optim)}")
         if st.adversarial:
             lines.append(f"  d-optim  {describe_optim(c.disc_optim)}")
     return "\n".join(lines)
+
+
+def _family(m: ModelConfig) -> str:
+    if m.arch != "resnet":
+        return f"norm {m.norm}, {m.activation}"
+    r = m.resnet
+    text = f"{r.layers_per_block} ResNet blocks per stage (GroupNorm, SiLU), {r.downsample} down-sampling"
+    text += ", mid attention" if r.mid_attention else ""
+    text += f", attention at stages {r.attention_stages}" if r.attention_stages else ""
+    text += f", causal video (time halved in {m.temporal_downsample} stages)" if r.causal else ""
+    return text
 
 
 def _stage_length(spec: object) -> str:
@@ -224,13 +281,17 @@ def _stage_data(stages: list) -> dict[int, tuple]:
 
 def _build_models(cfg: VaekitConfig, stages: list, infos: dict) -> str:
     """Build the model (and discriminator) for the first stage's data and check every stage's data fits it."""
+    import math
+
     from vaekit.config.load import ConfigError
     from vaekit.models import build_discriminator, build_model, count_parameters
 
     shape = tuple(infos[stages[0].index].shape)
     try:
         model = build_model(cfg.model, shape, cfg.loss.recon)
-        text = f", {count_parameters(model):,} parameters, latent shape {tuple(model.latent_shape)}"
+        latent = tuple(model.latent_shape)
+        text = (f", {count_parameters(model):,} parameters, latent shape {latent}, compression "
+                f"{math.prod(shape) / math.prod(latent):.4g} (input elements per latent element)")
         own = model.config.get("config") if cfg.model.arch == "diffusers" else None
         if isinstance(own, dict):
             keys = ("block_out_channels", "latent_channels", "layers_per_block", "down_block_types", "sample_size")
