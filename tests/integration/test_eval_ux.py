@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_tree
 from PIL import Image
 
@@ -112,3 +113,17 @@ def test_eval_of_a_video_folder_run_writes_its_clip(tmp_path: Path, capsys) -> N
     assert json.loads((run / "data_meta.json").read_text())["fps"] == [30.0]  # a list: int() crashed on it
     assert main(["eval", str(run), "--batches", "1", "--k", "2", "--device", "cpu"]) == 0, capsys.readouterr().err
     assert list((run / "eval").glob("*/recon.mp4"))
+
+
+def test_a_run_trained_on_arrays_is_evaluated_from_the_cli_on_data_named_there(tmp_path: Path, capsys) -> None:
+    x = torch.rand(120, 1, 8, 8)
+    run = vaekit.train(model={"arch": "mlp", "latent_dim": 2, "hidden_dims": [8]}, train_data=x,
+                       overrides=[f"run.dir={tmp_path / 'runs'}", "train.max_steps=2", "log.progress=false",
+                                  "log.samples=false", "log.plots=false", "log.tensorboard=false"]).run_dir
+    assert main(["eval", str(run), "--batches", "1", "--k", "2", "--device", "cpu"]) == 2
+    assert "on the command line name the data" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", x.reshape(120, -1).numpy())
+    args = ["eval", str(run), "data.source=table", f"data.path={tmp_path / 'x.npy'}", "data.shape=[1,8,8]",
+            "--metrics", "elbo", "--batches", "1", "--k", "2", "--device", "cpu"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert list((run / "eval").glob("*.json"))

@@ -190,7 +190,7 @@ DAMAGE = {  # name → (file, damage, legacy, the warning's words)
     "model-missing-legacy": ("model.safetensors", Path.unlink, True, "model.safetensors: missing"),
     "ema-missing-legacy": ("ema.safetensors", Path.unlink, True, "ema.safetensors: missing"),
     "bit-flip": ("model.safetensors", flip_a_bit, False, "the hash does not match"),
-    "state-step-tampered": ("state.json", step_abc, False, "state.json: 2"),
+    "state-step-tampered": ("state.json", step_abc, False, "the manifest says"),
     "state-step-abc-legacy": ("state.json", step_abc, True, "damaged (step 'abc'"),
 }
 

@@ -110,7 +110,9 @@ def _from_config(cfg: Any, split: str) -> EvalData:
 
     if cfg.data.source == "tensor":
         raise ConfigError(
-            "evaluate: the run was trained on in-memory arrays (data.source=tensor); pass data=<tensor or bundle>"
+            "evaluate: the run was trained on in-memory arrays (data.source=tensor): from Python pass "
+            "data=<tensor or bundle>; on the command line name the data, e.g. `vaekit eval RUN data.source=table "
+            "data.path=x.npy data.shape=[1,28,28]` (np.save the arrays as rows) or an image/audio/video folder"
         )
     bundle = build_data(cfg.data, cfg.run.seed)
     data = from_bundle(bundle, split)

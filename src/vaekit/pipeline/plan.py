@@ -153,6 +153,13 @@ def _train_mode(run: RunParts) -> None:
         run.disc.train()
     for path in run.trainer.state.frozen:
         _module(run, path).eval()
+    # a quantiser fed by a frozen encoder (freeze: [encoder], finetune.mode=decoder) keeps its codebook: its EMA
+    # updates and dead-code replacement run in train mode only, and would otherwise move the latent space
+    bottleneck = getattr(run.model, "bottleneck", None)
+    encoder = getattr(run.model, "encoder", None)
+    if getattr(bottleneck, "quantized", False) and encoder is not None \
+            and not any(p.requires_grad for p in encoder.parameters()):
+        bottleneck.eval()
 
 
 def freeze(run: RunParts, frozen: list[str]) -> None:
