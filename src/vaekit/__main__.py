@@ -1,7 +1,5 @@
 """``python -m vaekit`` is the ``vaekit`` command."""
 
-import sys
+from vaekit.cli import run
 
-from vaekit.cli import main
-
-sys.exit(main())
+run()

@@ -261,6 +261,35 @@ def main(argv: list[str] | None = None) -> int:
         line, code = found
         print(f"vaekit: {line}", file=sys.stderr)
         return code
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down a process group this command started (torchrun / accelerate launch) before the interpreter exits:
+    left to exit-time destructors, gloo's threads can abort a process whose peer is still finishing."""
+    torch_dist = sys.modules.get("torch.distributed")
+    if torch_dist is None or not torch_dist.is_available() or not torch_dist.is_initialized():
+        return
+    try:
+        torch_dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at exit; the command's own result stands
+        pass
+
+
+def run() -> None:
+    """The ``vaekit`` command. Under a launcher (several processes) the process ends with ``os._exit`` once its
+    files are closed: C++ destructors of the torch/gloo runtime that run at interpreter exit aborted a finished
+    rank now and then on a loaded machine ('terminate called without an active exception', exit -6)."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

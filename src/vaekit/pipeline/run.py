@@ -79,6 +79,7 @@ class Pipeline:
                     t.state.stage_done = False  # resumed with a longer length (train.max_steps=...): go on
                 t.fit(plan, resuming)
             summary = finish_run(p, plan)
+            p.rt.wait()  # every process leaves together once the main one has exported and summarised
         except RuntimeError as err:
             p.rt.check_collective_failure(err, lambda: ckpt.latest_checkpoint(p.run_dir / "checkpoints"))
             raise
