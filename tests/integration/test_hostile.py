@@ -18,27 +18,13 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 from conftest import tiny_tree
 from safetensors.torch import load_file
+from test_robustness import run_cli, write_config
 
 import vaekit
 from vaekit import cli
 from vaekit.engine import checkpoint as ckpt_mod
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
-    """``vaekit.cli.main(argv)`` in this process: (exit code, the stderr lines starting with ``vaekit:``)."""
-    capsys.readouterr()
-    code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err[-3000:]
-    return code, [line for line in err.splitlines() if line.startswith("vaekit:")]
-
-
-def write_config(path: Path, tree: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(tree))
-    return path
 
 
 @pytest.fixture(scope="module")

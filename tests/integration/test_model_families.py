@@ -24,6 +24,7 @@ from test_resume import (
     assert_same_weights,
     complete_checkpoints,
     read_jsonl,
+    train_and_kill,
     truncate_after,
     without_timing,
 )
@@ -184,38 +185,13 @@ def test_two_stage_run_with_a_quantised_model_resumes_bitwise_between_stages(tmp
 def _kill_and_resume(tmp_path: Path, tree: dict[str, Any], kill_at: int) -> None:
     """Train ``tree`` twice in subprocesses, SIGKILL one once a checkpoint >= ``kill_at`` exists, resume it, and
     compare weights and logs with the uninterrupted run."""
-    import signal
-    import time
-
     root = Path(tree["run"]["dir"])
     configs = {}
     for name in ("killed", "straight"):
         configs[name] = tmp_path / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump({**tree, "run": {**tree["run"], "name": name}}))
-    logs = {name: open(tmp_path / f"{name}.err", "w") for name in configs}  # noqa: SIM115 (closed below)
-    procs = {name: subprocess.Popen([sys.executable, "-m", "vaekit", "train", str(cfg)], stdout=subprocess.DEVNULL,
-                                    stderr=logs[name], env=CHILD_ENV) for name, cfg in configs.items()}
     run_dir = root / "killed"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            ckpts = complete_checkpoints(run_dir) if (run_dir / "checkpoints").is_dir() else []
-            if ckpts and int(ckpts[-1].name.removeprefix("step_")) >= kill_at:
-                procs["killed"].send_signal(signal.SIGKILL)
-                break
-            assert procs["killed"].poll() is None, (tmp_path / "killed.err").read_text()[-2000:]
-            assert time.monotonic() < deadline, f"no checkpoint >= {kill_at} within 240 s"
-            time.sleep(0.01)
-        assert procs["killed"].wait(timeout=30) == -signal.SIGKILL
-        assert procs["straight"].wait(timeout=300) == 0, (tmp_path / "straight.err").read_text()[-3000:]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for fh in logs.values():
-            fh.close()
-    assert not (run_dir / "model.safetensors").exists(), "the killed run had already finished"
+    train_and_kill(tmp_path, configs, run_dir, kill_at, wait_s=240)
     resume = subprocess.run([sys.executable, "-m", "vaekit", "train", "--resume", str(run_dir)], capture_output=True,
                             text=True, timeout=300, env=CHILD_ENV)
     assert resume.returncode == 0, resume.stderr[-3000:]

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from test_resume import (
     assert_same_weights,
     complete_checkpoints,
     read_jsonl,
-    step_of,
+    train_and_kill,
     truncate_after,
     without_timing,
 )
@@ -165,29 +163,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, variant:
         configs[name] = tmp_path / f"{name}.yaml"
         configs[name].write_text(yaml.safe_dump(tiny_tree(root, name, **sections)))
     run_dir = root / "killed"
-    logs = {name: open(tmp_path / f"{name}.err", "w") for name in configs}  # noqa: SIM115 (closed below)
-    procs = {name: subprocess.Popen([sys.executable, "-m", "vaekit", "train", str(cfg)], stdout=subprocess.DEVNULL,
-                                    stderr=logs[name], env=CHILD_ENV) for name, cfg in configs.items()}
-    try:
-        killed, deadline = procs["killed"], time.monotonic() + 180
-        while True:
-            ckpts = complete_checkpoints(run_dir) if (run_dir / "checkpoints").is_dir() else []
-            if ckpts and step_of(ckpts[-1]) >= 20:
-                killed.send_signal(signal.SIGKILL)
-                break
-            assert killed.poll() is None, (tmp_path / "killed.err").read_text()[-2000:]
-            assert time.monotonic() < deadline, "no checkpoint >= step 20 within 180 s"
-            time.sleep(0.01)
-        assert killed.wait(timeout=30) == -signal.SIGKILL
-        assert procs["straight"].wait(timeout=240) == 0, (tmp_path / "straight.err").read_text()[-3000:]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for fh in logs.values():
-            fh.close()
-    assert not (run_dir / "model.safetensors").exists(), "the killed run had already finished"
+    train_and_kill(tmp_path, configs, run_dir, 20)
     resume = subprocess.run([sys.executable, "-m", "vaekit", "train", "--resume", str(run_dir)],
                             capture_output=True, text=True, timeout=240, env=CHILD_ENV)
     assert resume.returncode == 0, resume.stderr[-3000:]

@@ -91,6 +91,39 @@ def truncate_after(run_dir: Path, k: int) -> None:
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def train_and_kill(tmp_path: Path, configs: dict[str, Path], run_dir: Path, kill_at: int,
+                   wait_s: float = 180) -> None:
+    """Train ``configs["killed"]`` and ``configs["straight"]`` side by side in subprocesses (stderr in
+    ``tmp_path/{name}.err``); SIGKILL the first once ``run_dir`` holds a complete checkpoint at step >= ``kill_at``,
+    let the second finish, and check the killed run had not finished."""
+    logs = {name: open(tmp_path / f"{name}.err", "w") for name in configs}  # noqa: SIM115 (closed below)
+    procs = {name: subprocess.Popen([sys.executable, "-m", "vaekit", "train", str(cfg)], stdout=subprocess.DEVNULL,
+                                    stderr=logs[name], env=CHILD_ENV) for name, cfg in configs.items()}
+    try:
+        killed, deadline = procs["killed"], time.monotonic() + wait_s
+        while True:
+            ckpts = complete_checkpoints(run_dir) if (run_dir / "checkpoints").is_dir() else []
+            if ckpts and step_of(ckpts[-1]) >= kill_at:
+                killed.send_signal(signal.SIGKILL)
+                break
+            assert killed.poll() is None, (
+                f"training ended (rc {killed.returncode}) before it could be killed: "
+                f"{(tmp_path / 'killed.err').read_text()[-2000:]}"
+            )
+            assert time.monotonic() < deadline, f"no checkpoint >= step {kill_at} within {wait_s:g} s"
+            time.sleep(0.01)
+        assert killed.wait(timeout=30) == -signal.SIGKILL
+        assert procs["straight"].wait(timeout=wait_s + 60) == 0, (tmp_path / "straight.err").read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for fh in logs.values():
+            fh.close()
+    assert not (run_dir / "model.safetensors").exists(), "the killed run had already finished"
+
+
 # ---------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def resumed_pair(tmp_path_factory: pytest.TempPathFactory):
@@ -186,38 +219,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     run_dir, straight_dir = root / "killed", root / "straight"
 
     # the uninterrupted reference trains beside the run that gets killed
-    logs = {name: open(tmp_path / f"{name}.err", "w") for name in configs}  # noqa: SIM115 (closed below)
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "vaekit", "train", str(cfg)],
-            stdout=subprocess.DEVNULL, stderr=logs[name], env=CHILD_ENV,
-        )
-        for name, cfg in configs.items()
-    }
-    try:
-        killed = procs["killed"]
-        deadline = time.monotonic() + 180
-        while True:
-            ckpts = complete_checkpoints(run_dir) if (run_dir / "checkpoints").is_dir() else []
-            if ckpts and step_of(ckpts[-1]) >= 20:
-                killed.send_signal(signal.SIGKILL)
-                break
-            assert killed.poll() is None, (
-                f"training ended (rc {killed.returncode}) before it could be killed: "
-                f"{(tmp_path / 'killed.err').read_text()[-2000:]}"
-            )
-            assert time.monotonic() < deadline, "no checkpoint >= step 20 within 180 s"
-            time.sleep(0.01)
-        assert killed.wait(timeout=30) == -signal.SIGKILL
-        assert procs["straight"].wait(timeout=240) == 0, (tmp_path / "straight.err").read_text()[-3000:]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for fh in logs.values():
-            fh.close()
-    assert not (run_dir / "model.safetensors").exists(), "the killed run had already finished"
+    train_and_kill(tmp_path, configs, run_dir, 20)
     killed_at = step_of(complete_checkpoints(run_dir)[-1])
     assert 20 <= killed_at < 80
 

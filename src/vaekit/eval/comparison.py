@@ -10,9 +10,9 @@ from typing import Any
 from torch import nn
 
 from vaekit.errors import ConfigError
-from vaekit.eval.data import check_fits, describe, expected_shape, fixed_size, resolve_data
+from vaekit.eval.data import describe, expected_shape, fixed_size, resolve_data
 from vaekit.eval.load import Loaded, check_options, load_for_eval, output_dir, write_failed
-from vaekit.eval.run import measure, options
+from vaekit.eval.run import measure_loaded, options
 
 
 def _check_compatible(models: list[Loaded]) -> None:
@@ -81,21 +81,9 @@ def compare(
     for item in loaded:
         if device is not None:
             item.model.to(device)
-        check_fits(item.model, item.name, eval_data)
-        results[item.name], artifacts[item.name] = measure(
-            item.model,
-            eval_data,
-            name=item.name,
-            source=item.source,
-            step=item.step,
-            split=eval_data.split or split,
-            batches=batches,
-            batch_size=batch_size,
-            metrics=metrics,
-            seed=seed,
-            k=k,
-            opts=opts,
-            progress=progress,
+        results[item.name], artifacts[item.name] = measure_loaded(
+            item, eval_data, split, batches=batches, batch_size=batch_size, metrics=metrics, seed=seed, k=k,
+            opts=opts, progress=progress,
         )
     out = {"models": labels, "results": results, "data": eval_data.description, "split": eval_data.split or split,
            "seed": seed, "notes": comparison_notes(results, eval_data.note)}

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from vaekit.eval.comparison import compare, markdown_table
-from vaekit.eval.data import EvalData, check_fits, resolve_data
+from vaekit.eval.data import EvalData, resolve_data
 from vaekit.eval.load import Loaded, check_options, load_for_eval, output_dir, write_failed
 from vaekit.eval.registry import ALL_METRICS, METRICS, NEEDS_WEIGHTS, UNITS, default_metrics
-from vaekit.eval.run import Artifacts, measure, options
+from vaekit.eval.run import Artifacts, measure, measure_loaded, options
 
 __all__ = [
     "ALL_METRICS",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-# long because its docstring documents every argument; the body is a dozen lines
 def evaluate(
     model_or_run: nn.Module | str | Path,
     data: Any = None,
@@ -100,21 +99,9 @@ def evaluate(
     if device is not None:
         loaded.model.to(device)
     eval_data = resolve_data(data, loaded, split)
-    check_fits(loaded.model, loaded.name, eval_data)
-    result, artifacts = measure(
-        loaded.model,
-        eval_data,
-        name=loaded.name,
-        source=loaded.source,
-        step=loaded.step,
-        split=eval_data.split or split,
-        batches=batches,
-        batch_size=batch_size,
-        metrics=metrics,
-        seed=seed,
-        k=k,
-        opts=options(lpips_net, lpips_pretrained, lpips_weights, fid_feature, fid_weights),
-        progress=progress,
+    result, artifacts = measure_loaded(
+        loaded, eval_data, split, batches=batches, batch_size=batch_size, metrics=metrics, seed=seed, k=k,
+        opts=options(lpips_net, lpips_pretrained, lpips_weights, fid_feature, fid_weights), progress=progress,
     )
     if eval_data.note:
         result["note"] = eval_data.note

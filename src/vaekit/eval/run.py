@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from vaekit.errors import ConfigError, MissingWeightsError, ModelProtocolError
 from vaekit.eval import metrics as M
-from vaekit.eval.data import EvalData
+from vaekit.eval.data import EvalData, check_fits
 from vaekit.eval.registry import (
     ALL_METRICS,
     METRICS,
@@ -437,6 +437,14 @@ class _Pass:
 
 
 @torch.no_grad()
+def measure_loaded(loaded: Any, data: EvalData, split: str, **settings: Any) -> tuple[dict[str, Any], Artifacts]:
+    """`measure` of a loaded model (`vaekit.eval.load.Loaded`: ``model``, ``name``, ``source``, ``step``) on ``data``,
+    checked first to fit it; ``settings`` are `measure`'s counts and options."""
+    check_fits(loaded.model, loaded.name, data)
+    return measure(loaded.model, data, name=loaded.name, source=loaded.source, step=loaded.step,
+                   split=data.split or split, **settings)
+
+
 def measure(
     model: nn.Module,
     data: EvalData,
